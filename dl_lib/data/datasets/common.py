@@ -1,0 +1,184 @@
+"""Shared pieces of the dataset loaders: where roots live, pairing images with masks, and a cheap
+check of label values on the first few masks (the most common silent mistake in segmentation)."""
+import logging
+import os
+from typing import Iterable, List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from dl_lib.utils.env import datasets_root
+
+__all__ = ["dataset_path", "require_dir", "load_sem_seg", "check_mask_values", "read_mask",
+           "NUM_CHECKED_MASKS"]
+
+logger = logging.getLogger(__name__)
+
+# Masks read by check_mask_values: enough to catch a wrong label format, cheap enough to run
+# every time a dataset is requested.
+NUM_CHECKED_MASKS = 3
+
+
+def dataset_path(*parts: str) -> str:
+    """``$DL_DATASETS/<parts...>`` (default ``<repo>/datasets``), resolved at call time."""
+    return os.path.join(datasets_root(), *parts)
+
+
+def require_dir(path: str, dataset: str, readme_section: str) -> str:
+    """Return ``path`` if it is a directory, else raise a FileNotFoundError that names the expected
+    path, ``$DL_DATASETS`` and the section of ``datasets/README.md`` that says how to prepare it."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"{dataset}: expected the directory {path!r}, which does not exist. Datasets are read "
+            f"from $DL_DATASETS (now {datasets_root()!r}; default: <repo>/datasets). See "
+            f"datasets/README.md, section '{readme_section}', for the layout and how to prepare it.")
+    return path
+
+
+def read_mask(path: str) -> np.ndarray:
+    """A label PNG as an H×W integer array. Palette ("P") images give their indices, not colours;
+    "L"/"I" images their values. A 3-channel mask is an error (labels must be single-channel)."""
+    with Image.open(path) as im:
+        if im.mode in ("RGB", "RGBA"):
+            raise ValueError(
+                f"Mask {path!r} has {len(im.getbands())} channels ({im.mode}); label images must be "
+                "single-channel (mode L, P or I) holding class indices, not colours.")
+        return np.asarray(im)
+
+
+def _strip_ext(rel: str, ext: str) -> Optional[str]:
+    return rel[: -len(ext)] if rel.endswith(ext) else None
+
+
+def _walk_files(root: str, ext: str) -> List[str]:
+    """Relative paths (with ``/``) under root ending with ext, sorted."""
+    out = []
+    for dirpath, _, files in os.walk(root, followlinks=True):
+        for f in files:
+            if f.endswith(ext):
+                out.append(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
+    return sorted(out)
+
+
+def load_sem_seg(image_root: str, gt_root: str, image_ext: str = ".jpg", gt_ext: str = ".png",
+                 name: str = "dataset") -> List[dict]:
+    """Pair ``image_root/<rel><image_ext>`` with ``gt_root/<rel><gt_ext>`` (same relative stem).
+
+    Returns a list of dicts with ``file_name``, ``sem_seg_file_name`` and ``image_id`` (the stem),
+    sorted by stem. Raises FileNotFoundError naming the folder when a root is missing, when it
+    holds no image, or when an image has no mask.
+    """
+    for root, what in ((image_root, "image"), (gt_root, "ground-truth")):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"{name}: the {what} folder {root!r} does not exist.")
+    images = _walk_files(image_root, image_ext)
+    if not images:
+        raise FileNotFoundError(
+            f"{name}: no '*{image_ext}' images found under {image_root!r} (check image_ext).")
+    gts = {_strip_ext(r, gt_ext) for r in _walk_files(gt_root, gt_ext)}
+    dicts, missing = [], []
+    for rel in images:
+        stem = _strip_ext(rel, image_ext)
+        if stem not in gts:
+            missing.append(rel)
+            continue
+        dicts.append({
+            "file_name": os.path.join(image_root, rel),
+            "sem_seg_file_name": os.path.join(gt_root, stem + gt_ext),
+            "image_id": stem,
+        })
+    if missing:
+        raise FileNotFoundError(
+            f"{name}: {len(missing)} of {len(images)} images under {image_root!r} have no mask "
+            f"'<same relative path>{gt_ext}' under {gt_root!r}; first: {missing[0]!r} "
+            f"(expected {os.path.join(gt_root, _strip_ext(missing[0], image_ext) + gt_ext)!r}).")
+    logger.info("Loaded %d images from %s", len(dicts), image_root)
+    return dicts
+
+
+def check_mask_values(files: Sequence[str], num_classes: int, ignore_label: int,
+                      extra_valid: Iterable[int] = (), hint: str = "", n: int = NUM_CHECKED_MASKS) -> None:
+    """Read the first ``n`` masks and raise ValueError if one holds a value that is neither a class
+    index ``0..num_classes-1`` nor ``ignore_label`` (nor one of ``extra_valid``, raw values the loader
+    maps itself). ``hint`` names the likely cause for this dataset."""
+    valid = set(range(num_classes)) | {ignore_label} | set(extra_valid)
+    for f in list(files)[:n]:
+        values = np.unique(read_mask(f))
+        bad = [int(v) for v in values if int(v) not in valid]
+        if bad:
+            raise ValueError(
+                f"Mask {f!r} holds label value(s) {bad[:8]} outside 0..{num_classes - 1} "
+                f"(num_classes {num_classes}) and the ignore label {ignore_label}. {hint}".rstrip())
+
+
+def default_colors(num_classes: int, seed: int = 0) -> List[tuple]:
+    """Distinct-looking RGB colours for datasets that define none (deterministic)."""
+    rng = np.random.RandomState(seed)
+    return [tuple(int(c) for c in rng.randint(40, 256, size=3)) for _ in range(num_classes)]
+
+
+def convert_label_dir(src_dir: str, dst_dir: str, lut: np.ndarray, ext: str = ".png",
+                      desc: str = "converting labels") -> str:
+    """Write ``lut[mask]`` for every ``src_dir/**/*<ext>`` into ``dst_dir`` (same relative paths),
+    atomically: into ``dst_dir + '.tmp'`` first, then renamed, so an interrupted conversion is
+    redone rather than half-used. Returns ``dst_dir``; a complete ``dst_dir`` is reused as is.
+
+    Used for datasets whose raw masks are not train ids (ADE20K / Pascal Context: 0 = other ->
+    255 and shift by -1; CamVid: 11 = void -> 255), so every ``sem_seg_file_name`` downstream
+    (mapper, evaluators) holds train ids with 255 = ignore.
+    """
+    import shutil
+
+    from tqdm import tqdm
+
+    files = _walk_files(src_dir, ext)
+    if os.path.isdir(dst_dir) and len(_walk_files(dst_dir, ".png")) == len(files):
+        return dst_dir
+    tmp = dst_dir + ".tmp"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    except OSError as e:
+        raise PermissionError(
+            f"Cannot write the converted labels {dst_dir!r} ({e}). Make $DL_DATASETS writable, or "
+            "run the conversion once where it is (see datasets/README.md).") from e
+    lut = np.asarray(lut, dtype=np.uint8)
+    for rel in tqdm(files, desc=desc, unit="mask"):
+        out = os.path.join(tmp, rel[: -len(ext)] + ".png")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        Image.fromarray(lut[read_mask(os.path.join(src_dir, rel))]).save(out)
+    shutil.rmtree(dst_dir, ignore_errors=True)
+    os.replace(tmp, dst_dir)
+    return dst_dir
+
+
+def reduce_zero_label_lut() -> np.ndarray:
+    """0 -> 255 (ignore), v -> v - 1 for 1..254, 255 stays 255."""
+    lut = np.arange(256, dtype=np.int64) - 1
+    lut[0] = 255
+    lut[255] = 255
+    return lut.astype(np.uint8)
+
+
+def read_split_list(path: str, dataset: str, readme_section: str) -> List[str]:
+    """Non-empty stripped lines of a split file (e.g. VOC ``ImageSets/Segmentation/train.txt``)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{dataset}: the split list {path!r} does not exist (under $DL_DATASETS = "
+            f"{datasets_root()!r}). See datasets/README.md, section '{readme_section}'.")
+    with open(path) as f:
+        return [ln.strip().split()[0] for ln in f if ln.strip()]
+
+
+def pairs_from_list(ids: Sequence[str], image_dir: str, gt_dir: str, image_ext: str, gt_ext: str,
+                    dataset: str) -> List[dict]:
+    """Dataset dicts for ids listed in a split file; error naming the first missing file."""
+    dicts = []
+    for i in ids:
+        img = os.path.join(image_dir, i + image_ext)
+        gt = os.path.join(gt_dir, i + gt_ext)
+        for f in (img, gt):
+            if not os.path.isfile(f):
+                raise FileNotFoundError(f"{dataset}: {f!r} is listed in the split file but missing.")
+        dicts.append({"file_name": img, "sem_seg_file_name": gt, "image_id": i})
+    return dicts
