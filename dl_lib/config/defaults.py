@@ -30,6 +30,9 @@ _C.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
 _C.MODEL.DDP = CfgNode()
 _C.MODEL.DDP.FIND_UNUSED_PARAMETERS = False
 _C.MODEL.DDP.BROADCAST_BUFFERS = False
+# --- modeling (baseline segmentor) ---------------------------------------------------------
+# Class in dl_lib.modeling.META_ARCH_REGISTRY that dl_lib.modeling.build_model instantiates.
+_C.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
 
 _C.MODEL.BACKBONE = CfgNode()
 _C.MODEL.BACKBONE.NAME = "resnet18"
@@ -40,6 +43,9 @@ _C.MODEL.BACKBONE.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 _C.MODEL.BACKBONE.DEEP_STEM = False
 # Dilate the last stages to keep output stride 8 or 16 (32 = no dilation).
 _C.MODEL.BACKBONE.OUTPUT_STRIDE = 32
+# --- modeling (baseline segmentor) ---
+# ResNet channels of the stem and res2 (64 = torchvision); each later stage doubles. Narrower is faster.
+_C.MODEL.BACKBONE.WIDTH = 64
 
 _C.MODEL.SEM_SEG_HEAD = CfgNode()
 _C.MODEL.SEM_SEG_HEAD.NAME = "FPNHead"
@@ -147,6 +153,11 @@ _C.TEST.PRECISE_BN.ENABLED = False
 _C.TEST.PRECISE_BN.NUM_ITER = 200
 # Write image | ground truth | prediction panels for this many images after evaluation.
 _C.TEST.VIS_NUM_IMAGES = 0
+# --- evaluation (dl_lib/evaluation) ---
+# For "cityscapes_sem_seg" datasets also run the official cityscapesscripts evaluation (single
+# machine only; slow in pure Python). The confusion-matrix evaluator always runs and gives the
+# same class mIoU; turn this on for iIoU / category scores or a number straight from the script.
+_C.TEST.CITYSCAPES_OFFICIAL_EVAL = False
 
 # ---------------------------------------------------------------------------------------------
 # Misc

@@ -1,0 +1,170 @@
+"""The evaluator protocol and the loop that feeds a model's outputs to it.
+
+Every rank calls :func:`inference_on_dataset` on its shard of the data (``InferenceSampler``: no
+padding, no duplicates); the evaluator gathers its state to the main process in ``evaluate()``.
+"""
+import datetime
+import logging
+import time
+from collections import OrderedDict
+from contextlib import ExitStack, contextmanager
+from typing import Iterable, List, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from dl_lib.utils import comm
+from dl_lib.utils.logger import log_every_n_seconds
+
+__all__ = ["DatasetEvaluator", "DatasetEvaluators", "inference_on_dataset", "inference_context"]
+
+logger = logging.getLogger(__name__)
+
+# seconds between two progress lines
+PROGRESS_PERIOD_S = 5.0
+
+
+class DatasetEvaluator:
+    """Accumulates (inputs, outputs) pairs and turns them into metrics.
+
+    ``reset()`` before a pass; ``process(inputs, outputs)`` per batch (lists of the model's input
+    and output dicts, same length); ``evaluate()`` after the pass: a dict of results on the main
+    process (``{task: {metric: float}}``), ``None`` elsewhere. Every rank must call ``evaluate()``
+    since distributed evaluators gather in it.
+    """
+
+    def reset(self) -> None:
+        pass
+
+    def process(self, inputs: List[dict], outputs: List[dict]) -> None:
+        pass
+
+    def evaluate(self) -> Optional[dict]:
+        return None
+
+
+class DatasetEvaluators(DatasetEvaluator):
+    """Several evaluators run side by side; results are merged (a task name may appear once)."""
+
+    def __init__(self, evaluators: Iterable[DatasetEvaluator]):
+        super().__init__()
+        self._evaluators = list(evaluators)
+
+    def reset(self):
+        for e in self._evaluators:
+            e.reset()
+
+    def process(self, inputs, outputs):
+        for e in self._evaluators:
+            e.process(inputs, outputs)
+
+    def evaluate(self):
+        results = OrderedDict()
+        for e in self._evaluators:
+            r = e.evaluate()
+            if not comm.is_main_process() or r is None:
+                continue
+            for k, v in r.items():
+                if k in results:
+                    raise KeyError(f"DatasetEvaluators: two evaluators both returned results "
+                                   f"under {k!r} ({type(e).__name__} is the second); give them "
+                                   "distinct task names")
+                results[k] = v
+        return results if comm.is_main_process() else None
+
+
+@contextmanager
+def inference_context(model: nn.Module):
+    """Put ``model`` in eval mode for the block and restore its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _sync_device(model):
+    # CUDA runs asynchronously: without a sync the compute timer would only measure the launch
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def inference_on_dataset(model: nn.Module, data_loader: Iterable,
+                         evaluator: Union[DatasetEvaluator, List[DatasetEvaluator], None]):
+    """Run ``model`` on every batch of ``data_loader`` and evaluate its outputs.
+
+    ``model`` follows the detectron2 contract (list of dicts in, list of dicts out); it runs
+    in eval mode under ``torch.no_grad()`` (its mode is restored afterwards). Logs progress every
+    few seconds (images done/total, seconds per image, ETA) and, at the end, total and pure
+    compute time. The first few iterations are excluded from the timing (warm-up).
+
+    Returns ``evaluator.evaluate()``: ``{"sem_seg": {"mIoU": ...}, ...}`` on the main process,
+    ``None`` (or ``{}``) elsewhere. Every rank must call this function.
+    """
+    num_devices = comm.get_world_size()
+    try:
+        total = len(data_loader)  # this rank's share
+    except TypeError:
+        total = None
+    logger.info(f"Start inference on {total if total is not None else 'an unknown number of'} "
+                f"batches (this process; {num_devices} process(es) in all)")
+
+    if evaluator is None:
+        evaluator = DatasetEvaluators([])
+    elif isinstance(evaluator, (list, tuple)):
+        evaluator = DatasetEvaluators(evaluator)
+    evaluator.reset()
+
+    num_warmup = min(5, (total or 1) - 1) if total else 0
+    start_time = time.perf_counter()
+    total_compute = total_data = total_eval = 0.0
+    n_images = n_timed = 0
+    with ExitStack() as stack:
+        stack.enter_context(inference_context(model))
+        stack.enter_context(torch.no_grad())
+        data_start = time.perf_counter()
+        for idx, inputs in enumerate(data_loader):
+            total_data += time.perf_counter() - data_start
+            if idx == num_warmup:
+                start_time = time.perf_counter()
+                total_compute = total_data = total_eval = 0.0
+                n_timed = 0
+
+            compute_start = time.perf_counter()
+            outputs = model(inputs)
+            _sync_device(model)
+            total_compute += time.perf_counter() - compute_start
+
+            eval_start = time.perf_counter()
+            evaluator.process(inputs, outputs)
+            total_eval += time.perf_counter() - eval_start
+
+            n_images += len(inputs)
+            n_timed += 1
+            done = idx + 1
+            if total:
+                per_iter = (time.perf_counter() - start_time) / max(n_timed, 1)
+                eta = datetime.timedelta(seconds=int(per_iter * (total - done)))
+                log_every_n_seconds(
+                    logging.INFO,
+                    f"Inference done {done}/{total}. Data {total_data / n_timed:.4f} s/iter. "
+                    f"Inference {total_compute / n_timed:.4f} s/iter. Eval "
+                    f"{total_eval / n_timed:.4f} s/iter. Total {per_iter:.4f} s/iter. ETA={eta}",
+                    n=PROGRESS_PERIOD_S)
+            data_start = time.perf_counter()
+
+    total_time = time.perf_counter() - start_time
+    logger.info(
+        f"Total inference time: {datetime.timedelta(seconds=int(total_time))} "
+        f"({total_time / max(n_timed, 1):.6f} s/iter over {n_timed} timed iterations, "
+        f"{n_images} images on this process, {num_devices} process(es))")
+    logger.info(
+        f"Total inference pure compute time: {datetime.timedelta(seconds=int(total_compute))} "
+        f"({total_compute / max(n_timed, 1):.6f} s/iter)")
+
+    results = evaluator.evaluate()
+    # an evaluator with nothing to report returns None; callers may still index the result
+    if results is None:
+        results = {}
+    return results

@@ -1,0 +1,87 @@
+"""image | ground truth | prediction panels for the first images of a dataset."""
+import logging
+import os
+from typing import List
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dl_lib.data.catalog import DatasetCatalog, MetadataCatalog
+from dl_lib.utils import visualizer as vis
+
+from .evaluator import inference_context
+
+__all__ = ["write_panels", "make_panel"]
+
+logger = logging.getLogger(__name__)
+
+TITLE_HEIGHT = 16
+
+
+def make_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, class_names, colors,
+               ignore_label: int = 255, title: str = "") -> np.ndarray:
+    """Compose ``[title strip] / image | GT | prediction / legend strip`` as H' x 3W x 3 uint8.
+
+    ``image``: H x W x 3 RGB uint8; ``gt``/``pred``: H x W train ids (ignore shown in black).
+    The legend lists the classes present in the ground truth or the prediction.
+    """
+    h, w = pred.shape
+    colors = vis.palette(len(class_names), colors)
+    body = vis.hstack([image, vis.colorize(gt, colors, ignore_label),
+                       vis.colorize(pred, colors, ignore_label)])
+    titles = ["image" + (f" {title}" if title else ""), "ground truth", "prediction"]
+    present = sorted(set(np.unique(gt).tolist()) | set(np.unique(pred).tolist()))
+    present = [c for c in present if 0 <= c < len(class_names) and c != ignore_label]
+    return vis.vstack([vis.title_strip(titles, w, TITLE_HEIGHT), body,
+                       vis.legend_strip(present, class_names, colors, 3 * w)])
+
+
+def _load_rgb(path: str) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def write_panels(cfg, model: torch.nn.Module, dataset_name: str, output_dir: str,
+                 num_images: int) -> List[str]:
+    """Run ``model`` on the first ``num_images`` of ``dataset_name`` and write
+    ``output_dir/vis/<image_id>.png`` panels (image | ground truth | prediction, colourised with
+    the metadata's ``stuff_colors``, ignore in black, titles on top and a legend below).
+
+    Inputs are made by the test mapper (``SemSegDatasetMapper(cfg, is_train=False)``), exactly
+    as in evaluation; the model must return ``sem_seg`` at the original (height, width). The
+    panels show the original image and ground truth. Call it on the main process only.
+    Returns the written paths.
+    """
+    dicts = DatasetCatalog.get(dataset_name)[: max(0, int(num_images))]
+    meta = MetadataCatalog.get(dataset_name)
+    names = meta.get("stuff_classes") or [str(i) for i in range(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)]
+    colors = meta.get("stuff_colors")
+    ignore = meta.get("ignore_label", cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
+    out_dir = os.path.join(output_dir, "vis")
+    os.makedirs(out_dir, exist_ok=True)
+    from dl_lib.data.datasets.common import read_mask
+    from dl_lib.data.mapper import SemSegDatasetMapper
+
+    mapper = SemSegDatasetMapper(cfg, is_train=False)
+
+    paths = []
+    with inference_context(model), torch.no_grad():
+        for i, d in enumerate(dicts):
+            image = _load_rgb(d["file_name"])
+            h, w = image.shape[:2]
+            out = model([mapper(d)])[0]
+            pred = out["sem_seg"].argmax(dim=0).cpu().numpy()
+            if pred.shape != (h, w):
+                raise ValueError(f"write_panels: model returned sem_seg of size {pred.shape} for an "
+                                 f"image of size {(h, w)}; it must resize to (height, width)")
+            gt = (read_mask(d["sem_seg_file_name"]) if d.get("sem_seg_file_name")
+                  else np.full((h, w), ignore, dtype=np.int64))
+            panel = make_panel(image, gt, pred, names, colors, ignore,
+                               title=str(d.get("image_id", i)))
+            stem = str(d.get("image_id", os.path.splitext(os.path.basename(d["file_name"]))[0]))
+            path = os.path.join(out_dir, f"{i:04d}_{stem.replace(os.sep, '_')}.png")
+            Image.fromarray(panel).save(path)
+            paths.append(path)
+    logger.info(f"Wrote {len(paths)} panels to {out_dir}")
+    return paths

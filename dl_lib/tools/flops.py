@@ -1,0 +1,86 @@
+"""``dl_flops``: parameters and FLOPs of the playground in the current folder.
+
+    cd playground/<Group>/<Name>
+    dl_flops                                  # at INPUT.FIX_SIZE_FOR_FLOPS, convention "gmac"
+    dl_flops --size 1024 2048 --convention all --depth 2 MODEL.DEVICE cpu
+
+Prints the input size, the convention and its unit, the total, the parameter counts, a
+per-module table and the ops that ran but were not counted (see ``dl_lib.analysis.flops`` for
+what each convention includes). Models whose cost depends on the input report their executed
+cost per image through the evaluator instead (``mean/min/max_flops``).
+"""
+import argparse
+import logging
+import sys
+from typing import List, Optional, Sequence
+
+from dl_lib import playground
+from dl_lib.analysis import CONVENTIONS, count_parameters, flop_count, flop_table
+from dl_lib.config import ConfigError
+
+__all__ = ["main", "build_parser", "report"]
+
+logger = logging.getLogger("dl_lib.tools.flops")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dl_flops", description="Count parameters and FLOPs of a playground model.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Conventions: gmac = conv/linear/matmul multiply-adds / 1e9; hrnet = HRNet's model "
+               "summary (conv/linear MACs / 2^30); dynamic_routing = DynamicRouting's count "
+               "(MACs + bias + BN + ReLU, 1e9).")
+    p.add_argument("--playground", default=None,
+                   help="playground folder (default: the current folder)")
+    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None,
+                   help="input height and width (default: INPUT.FIX_SIZE_FOR_FLOPS)")
+    p.add_argument("--convention", default="gmac", choices=list(CONVENTIONS) + ["all"])
+    p.add_argument("--depth", type=int, default=3, help="module nesting depth of the table")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the counted input")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                   help="KEY VALUE config overrides, after all flags")
+    return p
+
+
+def report(model, size: Sequence[int], conventions: List[str], depth: int = 3,
+           batch: int = 1) -> str:
+    """The text ``dl_flops`` prints for ``model`` at ``size`` = (H, W)."""
+    pc = count_parameters(model)
+    lines = [f"Input size: {batch}x3x{size[0]}x{size[1]}",
+             f"Parameters: {pc.total:,} total, {pc.trainable:,} trainable "
+             f"({pc.total / 1e6:.3f} M)"]
+    for conv in conventions:
+        r = flop_count(model, input_size=size, convention=conv, batch=batch)
+        lines += ["", f"Convention: {conv} -> {r.unit}",
+                  f"Total: {r.total:.6g} ({r.raw:,} before scaling)", flop_table(r, max_depth=depth, model=model)]
+        if r.unsupported_ops:
+            ops = ", ".join(f"{k} x{v}" for k, v in sorted(r.unsupported_ops.items()))
+            lines.append(f"Ran but not counted under {conv!r}: {ops}")
+        else:
+            lines.append(f"Ran but not counted under {conv!r}: none")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console script ``dl_flops``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    flags = [o for o in args.opts if o.startswith("--")]
+    if flags:
+        parser.error(f"flag(s) {flags} given after the KEY VALUE overrides would be ignored; put "
+                     "every --flag before the overrides")
+    try:
+        cfg, model = playground.build(args.playground, args.opts)
+    except (playground.PlaygroundError, ConfigError) as e:
+        parser.exit(2, f"dl_flops: error: {e}\n")
+    size = list(args.size) if args.size else list(cfg.INPUT.FIX_SIZE_FOR_FLOPS)
+    if len(size) != 2 or min(size) <= 0:
+        parser.error(f"input size must be two positive integers H W, got {size} (from "
+                     f"{'--size' if args.size else 'INPUT.FIX_SIZE_FOR_FLOPS'})")
+    conventions = list(CONVENTIONS) if args.convention == "all" else [args.convention]
+    print(report(model, size, conventions, depth=args.depth, batch=args.batch))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
