@@ -11,7 +11,7 @@ import logging
 from collections import UserDict
 from typing import Any, Callable, Dict, List
 
-__all__ = ["DatasetCatalog", "MetadataCatalog", "Metadata"]
+__all__ = ["DatasetCatalog", "MetadataCatalog", "Metadata", "LazyValue"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +54,30 @@ class _DatasetCatalog(UserDict):
     __repr__ = __str__
 
 
+class LazyValue:
+    """A metadata value computed when read, e.g. a path under ``$DL_DATASETS`` that must follow
+    the environment at use time rather than at import time."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        self.fn = fn
+
+    def __eq__(self, other):
+        return isinstance(other, LazyValue) and other.fn == self.fn
+
+    def __repr__(self):  # never resolves: resolving may be expensive (e.g. generate a dataset)
+        return f"LazyValue({getattr(self.fn, '__qualname__', self.fn)})"
+
+
 class Metadata:
     """Attributes describing a dataset. Setting an existing attribute to a different value is an
-    error (catches two registrations disagreeing); ``set(**kw)`` sets several at once."""
+    error (catches two registrations disagreeing); ``set(**kw)`` sets several at once.
+    A :class:`LazyValue` is resolved on every read."""
 
     name: str = "N/A"
+
+    def __getattribute__(self, key: str) -> Any:
+        value = object.__getattribute__(self, key)
+        return value.fn() if isinstance(value, LazyValue) else value
 
     def __init__(self, **kwargs):
         for k, v in kwargs.items():
@@ -90,10 +109,10 @@ class Metadata:
         return self
 
     def get(self, key: str, default=None) -> Any:
-        return self.__dict__.get(key, default)
+        return getattr(self, key) if key in self.__dict__ else default
 
     def as_dict(self) -> Dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: getattr(self, k) for k in self.__dict__}
 
     def __repr__(self):
         return f"Metadata({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"

@@ -11,6 +11,7 @@ from typing import List
 
 from cityscapesscripts.helpers.labels import trainId2label
 
+from dl_lib.data.catalog import LazyValue
 from dl_lib.data.datasets.common import check_mask_values, dataset_path, require_dir
 
 __all__ = ["load_cityscapes_semantic", "cityscapes_metadata", "CITYSCAPES_CLASSES",
@@ -80,5 +81,5 @@ def register_cityscapes(catalog, metadata_catalog) -> None:
             return load_cityscapes_semantic(image_dir, gt_dir, check=split != "test")
 
         catalog.register(name, load)
-        # gt_dir is resolved now (from $DL_DATASETS at import); evaluators re-read it per name.
-        metadata_catalog.get(name).set(**cityscapes_metadata(dataset_path("cityscapes", "gtFine", split)))
+        gt_dir = LazyValue(lambda split=split: dataset_path("cityscapes", "gtFine", split))
+        metadata_catalog.get(name).set(**cityscapes_metadata(gt_dir))

@@ -1,0 +1,109 @@
+"""Dataset dict -> model input: read the image and its label map, augment both, make tensors."""
+import copy
+import logging
+from typing import List, Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from dl_lib.data.datasets.common import read_mask
+from dl_lib.data.transforms import (Augmentation, ColorJitter, RandomCropCategoryAreaConstraint,
+                                    RandomCropPad, RandomFlip, ResizeShortestEdge, apply_augmentations)
+
+__all__ = ["SemSegDatasetMapper", "read_image", "build_augmentations"]
+
+logger = logging.getLogger(__name__)
+
+
+def read_image(path: str) -> np.ndarray:
+    """An image file as an H×W×3 uint8 RGB array (grey images are expanded to 3 channels)."""
+    img = cv2.imread(path, cv2.IMREAD_COLOR)  # BGR, drops alpha, expands grey
+    if img is None:  # cv2 returns None instead of raising; PIL gives a useful error
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def build_augmentations(cfg, is_train: bool) -> List[Augmentation]:
+    """The augmentation list described by ``cfg.INPUT`` (and ``MODEL.PIXEL_MEAN`` for padding).
+
+    Train: ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, MIN_SIZE_TRAIN_SAMPLING) ->
+    crop/pad to CROP_PAD.SIZE (category-area constrained if SINGLE_CATEGORY_MAX_AREA < 1) ->
+    RANDOM_FLIP -> COLOR_AUG. Test: ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST) (0 = keep).
+    """
+    inp = cfg.INPUT
+    if not is_train:
+        return [ResizeShortestEdge(inp.MIN_SIZE_TEST, inp.MAX_SIZE_TEST, "choice")]
+    ignore = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+    augs: List[Augmentation] = [
+        ResizeShortestEdge(inp.MIN_SIZE_TRAIN, inp.MAX_SIZE_TRAIN, inp.MIN_SIZE_TRAIN_SAMPLING)]
+    if inp.CROP_PAD.ENABLED:
+        mean = list(cfg.MODEL.PIXEL_MEAN)
+        if inp.CROP_PAD.SINGLE_CATEGORY_MAX_AREA < 1.0:
+            augs.append(RandomCropCategoryAreaConstraint(
+                inp.CROP_PAD.SIZE, inp.CROP_PAD.SINGLE_CATEGORY_MAX_AREA, ignore_value=ignore,
+                pad_value=mean, seg_pad_value=ignore))
+        else:
+            augs.append(RandomCropPad(inp.CROP_PAD.SIZE, pad_value=mean, seg_pad_value=ignore))
+    flip = inp.RANDOM_FLIP
+    if flip not in ("none", "horizontal", "vertical"):
+        raise ValueError(f"INPUT.RANDOM_FLIP must be 'none', 'horizontal' or 'vertical', got {flip!r}")
+    if flip != "none":
+        augs.append(RandomFlip(0.5, horizontal=flip == "horizontal"))
+    if inp.COLOR_AUG.ENABLED:
+        augs.append(ColorJitter(inp.COLOR_AUG.BRIGHTNESS, inp.COLOR_AUG.CONTRAST, inp.COLOR_AUG.SATURATION))
+    return augs
+
+
+class SemSegDatasetMapper:
+    """Callable mapping a dataset dict to the model's input dict (see docs/CONTRACTS.md).
+
+    Input: ``file_name``, ``sem_seg_file_name`` (optional at test), ``image_id``.
+    Output: the input keys plus ``image`` (uint8 3×H×W RGB tensor, after augmentation), ``sem_seg``
+    (int64 H×W train ids, ``ignore_value`` where padded), ``height``/``width`` (original size, the
+    size the prediction must have).
+
+    Build with explicit arguments, or from a config: ``SemSegDatasetMapper(cfg, is_train)``.
+    """
+
+    def __init__(self, cfg=None, is_train: bool = True, *, augmentations: Optional[Sequence[Augmentation]] = None,
+                 ignore_value: int = 255, image_format: str = "RGB"):
+        if cfg is not None:
+            kw = self.from_config(cfg, is_train)
+            if augmentations is None:
+                augmentations = kw["augmentations"]
+            ignore_value, image_format = kw["ignore_value"], kw["image_format"]
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {image_format!r}")
+        self.is_train = is_train
+        self.augmentations = list(augmentations or [])
+        self.ignore_value = ignore_value
+        self.image_format = image_format
+        logger.info("%s mapper augmentations: %s", "Train" if is_train else "Test", self.augmentations)
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True) -> dict:
+        """The explicit keyword arguments a config describes."""
+        return dict(augmentations=build_augmentations(cfg, is_train),
+                    ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE, image_format=cfg.INPUT.FORMAT)
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        d = copy.deepcopy(dataset_dict)  # the dataset's dicts are reused every epoch
+        image = read_image(d["file_name"])
+        h, w = image.shape[:2]
+        sem_seg = None
+        if d.get("sem_seg_file_name"):
+            sem_seg = read_mask(d["sem_seg_file_name"]).astype(np.int32)
+            if sem_seg.shape != (h, w):
+                raise ValueError(f"Mask {d['sem_seg_file_name']!r} is {sem_seg.shape[1]}x{sem_seg.shape[0]} "
+                                 f"but image {d['file_name']!r} is {w}x{h}.")
+        image, sem_seg, _ = apply_augmentations(self.augmentations, image, sem_seg)
+        if self.image_format == "BGR":
+            image = image[:, :, ::-1]
+        d["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if sem_seg is not None:
+            d["sem_seg"] = torch.from_numpy(np.ascontiguousarray(sem_seg).astype(np.int64))
+        d["height"], d["width"] = h, w
+        return d
