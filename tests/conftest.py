@@ -1,0 +1,17 @@
+"""Shared test fixtures (keep small): the tiny fixture playground and isolated output folders."""
+import os
+
+import pytest
+
+FIXTURE_PLAYGROUND = os.path.join(os.path.dirname(__file__), "fixtures", "playground", "Toy", "Tiny")
+
+
+@pytest.fixture
+def toy_playground(tmp_path, monkeypatch):
+    """Path of ``tests/fixtures/playground/Toy/Tiny``, with outputs and its data under tmp_path.
+
+    Sets ``DL_OUTPUT_ROOT`` (so OUTPUT_DIR is ``tmp_path/output/Toy/Tiny``) and ``TOY_DATA_ROOT``.
+    """
+    monkeypatch.setenv("DL_OUTPUT_ROOT", str(tmp_path / "output"))
+    monkeypatch.setenv("TOY_DATA_ROOT", str(tmp_path / "toy_data"))
+    return FIXTURE_PLAYGROUND

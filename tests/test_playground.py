@@ -1,0 +1,92 @@
+"""dl_lib.playground: loading config.py / net.py from playground folders."""
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+
+from dl_lib import playground
+from dl_lib.config import ConfigError
+
+from conftest import FIXTURE_PLAYGROUND
+
+
+def _copy_playground(tmp_path, group, name, num_classes):
+    folder = tmp_path / "playground" / group / name
+    shutil.copytree(FIXTURE_PLAYGROUND, folder)
+    text = (folder / "config.py").read_text().replace("NUM_CLASSES=2", f"NUM_CLASSES={num_classes}")
+    (folder / "config.py").write_text(text)
+    return str(folder)
+
+
+def test_build_returns_cfg_and_model_with_default_output_dir(toy_playground, tmp_path):
+    cfg, model = playground.build(toy_playground, ["SOLVER.LR_SCHEDULER.MAX_ITER", "3"])
+    assert cfg.SOLVER.LR_SCHEDULER.MAX_ITER == 3
+    assert cfg.OUTPUT_DIR == str(tmp_path / "output" / "Toy" / "Tiny")
+    assert isinstance(model, torch.nn.Module)
+    model.eval()
+    image = torch.randint(0, 255, (3, 32, 64), dtype=torch.uint8)
+    out = model([{"image": image, "height": 32, "width": 64}])
+    assert out[0]["sem_seg"].shape == (2, 32, 64)
+
+
+def test_two_playgrounds_in_one_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("DL_OUTPUT_ROOT", str(tmp_path / "out"))
+    a = _copy_playground(tmp_path, "GroupA", "Net", 3)
+    b = _copy_playground(tmp_path, "GroupB", "Net", 5)
+    cfg_a, model_a = playground.build(a)
+    cfg_b, model_b = playground.build(b)
+    assert cfg_a.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 3
+    assert cfg_b.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 5
+    assert model_a.body[-1].out_channels == 3 and model_b.body[-1].out_channels == 5
+    # Distinct module names (same <Name>, different <Group>), and no bare "config"/"net" module.
+    net_a, net_b = playground.load_net(a), playground.load_net(b)
+    assert net_a.__name__ != net_b.__name__
+    assert sys.modules[net_a.__name__] is net_a
+    assert cfg_a.OUTPUT_DIR.endswith(os.path.join("GroupA", "Net"))
+    assert cfg_b.OUTPUT_DIR.endswith(os.path.join("GroupB", "Net"))
+
+
+def test_loading_does_not_mutate_the_module_config(toy_playground):
+    cfg1 = playground.load_config(toy_playground, ["SEED", "5"])
+    cfg2 = playground.load_config(toy_playground)
+    assert cfg1.SEED == 5 and cfg2.SEED == 0
+
+
+@pytest.mark.parametrize("missing", ["config.py", "net.py"])
+def test_missing_file_is_named(tmp_path, missing):
+    folder = tmp_path / "G" / "N"
+    folder.mkdir(parents=True)
+    other = "net.py" if missing == "config.py" else "config.py"
+    (folder / other).write_text("")
+    with pytest.raises(playground.PlaygroundError) as e:
+        playground.find_playground(str(folder))
+    assert f"is not a playground folder: {missing} missing" in str(e.value)
+    assert "playground/<Group>/<Name>" in str(e.value)
+
+
+def test_config_py_without_config_and_net_py_without_build_model(tmp_path):
+    folder = tmp_path / "G" / "N"
+    folder.mkdir(parents=True)
+    (folder / "config.py").write_text("x = 1\n")
+    (folder / "net.py").write_text("y = 2\n")
+    with pytest.raises(playground.PlaygroundError, match="must define `config`"):
+        playground.load_config(str(folder))
+    with pytest.raises(playground.PlaygroundError, match="build_model"):
+        playground.load_net(str(folder))
+
+
+def test_bad_override_is_a_config_error(toy_playground):
+    with pytest.raises(ConfigError, match="SOLVER.MAX_ITER"):
+        playground.load_config(toy_playground, ["SOLVER.MAX_ITER", "3"])
+
+
+def test_explicit_output_dir_is_kept(toy_playground, tmp_path):
+    cfg = playground.load_config(toy_playground, ["OUTPUT_DIR", str(tmp_path / "mine")])
+    assert cfg.OUTPUT_DIR == str(tmp_path / "mine")
+
+
+def test_current_folder_is_the_default(toy_playground, monkeypatch):
+    monkeypatch.chdir(toy_playground)
+    assert playground.find_playground() == os.path.abspath(toy_playground)
