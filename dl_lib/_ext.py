@@ -6,6 +6,7 @@ warning says what is missing and how to build it.
 """
 import importlib
 import logging
+import os
 import warnings
 
 import torch
@@ -14,6 +15,10 @@ __all__ = ["has_compiled_ops", "compiled_with_cuda", "EXTENSION_ERROR"]
 
 EXTENSION_ERROR = None
 try:
+    # DL_LIB_DISABLE_EXT=1 forces the pure-PyTorch fallbacks (tests use it to check them against
+    # the compiled ops; also handy to rule the extension out when debugging).
+    if os.environ.get("DL_LIB_DISABLE_EXT", "0") == "1":
+        raise ImportError("disabled by the environment variable DL_LIB_DISABLE_EXT=1")
     importlib.import_module("dl_lib._C")  # loading registers torch.ops.dl_lib.*
 except ImportError as e:  # pragma: no cover - exercised by tests through a subprocess
     EXTENSION_ERROR = e

@@ -12,7 +12,6 @@ from typing import Callable, Optional, Union
 
 import torch
 import torch.distributed as dist
-from fvcore.nn.distributed import differentiable_all_reduce
 from torch import nn
 
 __all__ = [
@@ -109,6 +108,9 @@ class NaiveSyncBatchNorm(nn.BatchNorm2d):
         count = torch.full((1,), float(xf.numel() // channels), dtype=torch.float32,
                            device=x.device)
         stats = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), count])
+        # Imported here: fvcore.nn pulls in torch.jit.script helpers that warn on import.
+        from fvcore.nn.distributed import differentiable_all_reduce
+
         stats = differentiable_all_reduce(stats)
         # clamp: an all-empty step gives zeros instead of NaN (no .item(), which syncs the GPU).
         total = torch.clamp(stats[-1], min=1.0)

@@ -1,0 +1,587 @@
+// CPU kernels of the sparse masked convolution (see masked_conv.h for the conventions).
+//
+// Dataflow (forward, general KxK / 1x1 / grouped):
+//   1. the active output positions are listed once, in raster order (n, y, x);
+//   2. the list is cut into chunks of `rows` positions sized so that the im2col rows of a chunk
+//      ([rows, kh*kw*Cg], NHWC order: tap-major, channel-minor) stay in L2;
+//   3. per chunk and group: gather the rows from the NHWC input (one memcpy of Cg channels per
+//      tap), multiply with the pre-packed weight [kh*kw*Cg, Og] through at::mm_out (MKL/oneDNN),
+//      and scatter the [rows, Og] result (+ bias) to the dense output.
+//   Chunks are distributed with at::parallel_for; each thread owns its chunk buffers, so no
+//   allocation happens per pixel or per chunk.
+// Depthwise (Cg == 1, Og == 1) uses a direct loop over active pixels, vectorised over channels.
+//
+// Backward: the same gather gives grad_weight = sum_chunks cols^T @ grad_rows (one accumulator per
+// part, reduced at the end, so the result is deterministic) and grad_input by scattering
+// grad_rows @ W^T back to the taps. grad_input is race-free: the active list is split into parts
+// that are contiguous in raster order, each part accumulates into a private band of input rows,
+// and the bands (which overlap only by the kernel's extent) are summed into grad_input at the end.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "masked_conv/masked_conv.h"
+
+namespace dl_lib {
+namespace ops {
+namespace {
+
+// Bytes of im2col rows a chunk may hold: about a quarter of a typical per-core L2, leaving room
+// for the packed weight panel and the GEMM's own blocking.
+constexpr int64_t kChunkBytes = 512 * 1024;
+constexpr int64_t kMinRows = 32;
+constexpr int64_t kMaxRows = 512;
+
+
+// Channel loops of the direct kernels and the gradient scatters. setup.py compiles for the
+// baseline x86-64 ISA (SSE2), so these few hot loops are cloned for AVX2 and AVX-512 and picked
+// at load time (GCC function multiversioning); elsewhere they stay portable.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DL_LIB_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DL_LIB_CLONES
+#endif
+
+#define DL_LIB_DEFINE_ROW_OPS(T)                                                          \
+  DL_LIB_CLONES void row_fma(T* __restrict__ acc, const T* __restrict__ a,                \
+                             const T* __restrict__ b, int64_t n) {                        \
+    for (int64_t i = 0; i < n; ++i) acc[i] += a[i] * b[i];                                \
+  }                                                                                       \
+  DL_LIB_CLONES void row_add(T* __restrict__ dst, const T* __restrict__ src, int64_t n) { \
+    for (int64_t i = 0; i < n; ++i) dst[i] += src[i];                                     \
+  }
+DL_LIB_DEFINE_ROW_OPS(float)
+DL_LIB_DEFINE_ROW_OPS(double)
+#undef DL_LIB_DEFINE_ROW_OPS
+
+struct Geometry {
+  int64_t N, C, H, W, O, Ho, Wo;
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+  int64_t G, Cg, Og;
+  int64_t taps() const { return kh * kw; }
+  int64_t row_len() const { return kh * kw * Cg; }
+  bool depthwise() const { return Cg == 1 && Og == 1; }
+};
+
+Geometry check_and_describe(
+    const char* fn, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& mask,
+    int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
+    int64_t dilation_w, int64_t groups) {
+  TORCH_CHECK(input.dim() == 4, fn, ": input must be N x C x H x W, got shape ", input.sizes());
+  TORCH_CHECK(weight.dim() == 4, fn, ": weight must be O x C/groups x kh x kw, got shape ",
+              weight.sizes());
+  TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu() && mask.device().is_cpu(), fn,
+              ": the CPU kernel needs CPU tensors, got input on ", input.device(), ", weight on ",
+              weight.device(), ", mask on ", mask.device());
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, fn,
+              ": the CPU kernel supports float32 and float64, got ", input.scalar_type(),
+              " (dl_lib.layers.masked_conv2d falls back to the reference for other dtypes)");
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), fn, ": weight dtype ",
+              weight.scalar_type(), " differs from input dtype ", input.scalar_type());
+  TORCH_CHECK(stride_h > 0 && stride_w > 0 && dilation_h > 0 && dilation_w > 0 && pad_h >= 0 &&
+                  pad_w >= 0 && groups > 0,
+              fn, ": stride and dilation must be positive, padding non-negative and groups > 0");
+  Geometry g;
+  g.N = input.size(0);
+  g.C = input.size(1);
+  g.H = input.size(2);
+  g.W = input.size(3);
+  g.O = weight.size(0);
+  g.kh = weight.size(2);
+  g.kw = weight.size(3);
+  g.sh = stride_h;
+  g.sw = stride_w;
+  g.ph = pad_h;
+  g.pw = pad_w;
+  g.dh = dilation_h;
+  g.dw = dilation_w;
+  g.G = groups;
+  TORCH_CHECK(g.C % groups == 0 && g.O % groups == 0, fn, ": in_channels (", g.C,
+              ") and out_channels (", g.O, ") must be divisible by groups (", groups, ")");
+  g.Cg = g.C / groups;
+  g.Og = g.O / groups;
+  TORCH_CHECK(weight.size(1) == g.Cg, fn, ": weight.shape[1] must be in_channels/groups = ", g.Cg,
+              ", got ", weight.size(1));
+  g.Ho = (g.H + 2 * pad_h - dilation_h * (g.kh - 1) - 1) / stride_h + 1;
+  g.Wo = (g.W + 2 * pad_w - dilation_w * (g.kw - 1) - 1) / stride_w + 1;
+  TORCH_CHECK(g.Ho > 0 && g.Wo > 0, fn, ": the output would be empty (", g.Ho, " x ", g.Wo,
+              "); the input ", g.H, " x ", g.W, " is too small for this kernel/padding");
+  TORCH_CHECK(mask.scalar_type() == at::kBool, fn, ": mask must be bool, got ",
+              mask.scalar_type());
+  TORCH_CHECK(mask.dim() == 4 && mask.size(0) == g.N && mask.size(1) == 1 &&
+                  mask.size(2) == g.Ho && mask.size(3) == g.Wo,
+              fn, ": mask must have shape (N, 1, Ho, Wo) = (", g.N, ", 1, ", g.Ho, ", ", g.Wo,
+              ") on the output grid, got ", mask.sizes());
+  return g;
+}
+
+// Flat indices n*Ho*Wo + y*Wo + x of the active outputs, in raster order.
+std::vector<int64_t> active_positions(const at::Tensor& mask) {
+  const at::Tensor m = mask.contiguous();
+  const bool* p = m.data_ptr<bool>();
+  const int64_t total = m.numel();
+  std::vector<int64_t> pos;
+  pos.reserve(static_cast<size_t>(total / 4 + 16));
+  for (int64_t i = 0; i < total; ++i) {
+    if (p[i]) pos.push_back(i);
+  }
+  return pos;
+}
+
+int64_t chunk_rows(const Geometry& g, size_t elem) {
+  const int64_t bytes_per_row = std::max<int64_t>(1, g.row_len() * static_cast<int64_t>(elem));
+  return std::min(kMaxRows, std::max(kMinRows, kChunkBytes / bytes_per_row));
+}
+
+// Weight [O, Cg, kh, kw] -> [G, kh*kw*Cg, Og], rows in the same (tap, channel) order as a gathered
+// NHWC im2col row.
+at::Tensor pack_weight(const at::Tensor& weight, const Geometry& g) {
+  return weight.reshape({g.G, g.Og, g.Cg, g.kh, g.kw})
+      .permute({0, 3, 4, 2, 1})
+      .contiguous()
+      .view({g.G, g.row_len(), g.Og});
+}
+
+at::Tensor unpack_weight_grad(const at::Tensor& packed, const Geometry& g) {
+  return packed.view({g.G, g.kh, g.kw, g.Cg, g.Og})
+      .permute({0, 4, 3, 1, 2})
+      .reshape({g.O, g.Cg, g.kh, g.kw})
+      .contiguous();
+}
+
+// im2col rows of `rows` active positions for group `grp` from the NHWC input; taps that fall in
+// the zero padding are written as zeros.
+template <typename scalar_t>
+void gather_rows(const scalar_t* x, const Geometry& g, const int64_t* pos, int64_t rows,
+                 int64_t grp, scalar_t* cols) {
+  const int64_t hw = g.Ho * g.Wo;
+  const int64_t len = g.row_len();
+  const size_t cbytes = sizeof(scalar_t) * g.Cg;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t idx = pos[r];
+    const int64_t n = idx / hw, rem = idx % hw;
+    const int64_t iy0 = (rem / g.Wo) * g.sh - g.ph, ix0 = (rem % g.Wo) * g.sw - g.pw;
+    scalar_t* dst = cols + r * len;
+    const scalar_t* img = x + n * g.H * g.W * g.C + grp * g.Cg;
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      const int64_t iy = iy0 + ky * g.dh;
+      if (iy < 0 || iy >= g.H) {
+        std::memset(dst, 0, cbytes * g.kw);
+        dst += g.kw * g.Cg;
+        continue;
+      }
+      const scalar_t* row = img + iy * g.W * g.C;
+      for (int64_t kx = 0; kx < g.kw; ++kx, dst += g.Cg) {
+        const int64_t ix = ix0 + kx * g.dw;
+        if (ix < 0 || ix >= g.W) {
+          std::memset(dst, 0, cbytes);
+        } else {
+          std::memcpy(dst, row + ix * g.C, cbytes);
+        }
+      }
+    }
+  }
+}
+
+// Output strides of the dense result, so the scatter writes NHWC or NCHW alike.
+struct OutStrides {
+  int64_t n, c, y, x;
+};
+
+OutStrides out_strides(const at::Tensor& out) {
+  return {out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
+}
+
+template <typename scalar_t>
+void forward_general(const at::Tensor& x, const at::Tensor& wpack, const scalar_t* bias,
+                     const Geometry& g, const std::vector<int64_t>& pos, at::Tensor& out) {
+  const int64_t M = static_cast<int64_t>(pos.size());
+  const int64_t rows = chunk_rows(g, sizeof(scalar_t));
+  const int64_t nchunks = (M + rows - 1) / rows;
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  const OutStrides os = out_strides(out);
+  const int64_t hw = g.Ho * g.Wo;
+  at::parallel_for(0, nchunks, 1, [&](int64_t begin, int64_t end) {
+    // One set of buffers per thread range (at::parallel_for calls this once per thread).
+    at::Tensor cols = at::empty({rows, g.row_len()}, x.options());
+    at::Tensor res = at::empty({rows, g.Og}, x.options());
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t r0 = c * rows;
+      const int64_t nr = std::min(rows, M - r0);
+      at::Tensor cols_v = cols.narrow(0, 0, nr);
+      at::Tensor res_v = res.narrow(0, 0, nr);
+      for (int64_t grp = 0; grp < g.G; ++grp) {
+        gather_rows<scalar_t>(xp, g, pos.data() + r0, nr, grp, cols.mutable_data_ptr<scalar_t>());
+        at::mm_out(res_v, cols_v, wpack[grp]);
+        const scalar_t* rp = res.const_data_ptr<scalar_t>();
+        for (int64_t r = 0; r < nr; ++r) {
+          const int64_t idx = pos[r0 + r];
+          const int64_t n = idx / hw, rem = idx % hw;
+          scalar_t* dst = op + n * os.n + (rem / g.Wo) * os.y + (rem % g.Wo) * os.x +
+                          grp * g.Og * os.c;
+          const scalar_t* src = rp + r * g.Og;
+          const scalar_t* b = bias ? bias + grp * g.Og : nullptr;
+          if (os.c == 1) {
+            if (b) {
+              for (int64_t o = 0; o < g.Og; ++o) dst[o] = src[o] + b[o];
+            } else {
+              std::memcpy(dst, src, sizeof(scalar_t) * g.Og);
+            }
+          } else {
+            for (int64_t o = 0; o < g.Og; ++o) dst[o * os.c] = src[o] + (b ? b[o] : scalar_t(0));
+          }
+        }
+      }
+    }
+  });
+}
+
+// Depthwise: out[c] = b[c] + sum_taps w[tap, c] * x[tap pixel, c], vectorised over channels.
+template <typename scalar_t>
+void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_t* bias,
+                       const Geometry& g, const std::vector<int64_t>& pos, at::Tensor& out) {
+  const int64_t M = static_cast<int64_t>(pos.size());
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* wp = wdw.const_data_ptr<scalar_t>();  // [taps, C]
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  const OutStrides os = out_strides(out);
+  const int64_t hw = g.Ho * g.Wo;
+  const int64_t C = g.C;
+  at::parallel_for(0, M, 64, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> acc_buf(static_cast<size_t>(C));
+    scalar_t* acc = acc_buf.data();
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t idx = pos[i];
+      const int64_t n = idx / hw, rem = idx % hw;
+      const int64_t oy = rem / g.Wo, ox = rem % g.Wo;
+      const int64_t iy0 = oy * g.sh - g.ph, ix0 = ox * g.sw - g.pw;
+      scalar_t* dst = op + n * os.n + oy * os.y + ox * os.x;
+      // Accumulate straight into the NHWC output row when it is contiguous over channels.
+      scalar_t* a = os.c == 1 ? dst : acc;
+      if (bias) {
+        std::memcpy(a, bias, sizeof(scalar_t) * C);
+      } else {
+        std::memset(a, 0, sizeof(scalar_t) * C);
+      }
+      const scalar_t* img = xp + n * g.H * g.W * C;
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        const int64_t iy = iy0 + ky * g.dh;
+        if (iy < 0 || iy >= g.H) continue;
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          const int64_t ix = ix0 + kx * g.dw;
+          if (ix < 0 || ix >= g.W) continue;
+          row_fma(a, img + (iy * g.W + ix) * C, wp + (ky * g.kw + kx) * C, C);
+        }
+      }
+      if (os.c != 1) {
+        for (int64_t c = 0; c < C; ++c) dst[c * os.c] = acc[c];
+      }
+    }
+  });
+}
+
+at::Tensor masked_conv2d_forward_cpu_impl(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t groups) {
+  const Geometry g = check_and_describe("masked_conv2d (CPU)", input, weight, mask, stride_h,
+                                        stride_w, pad_h, pad_w, dilation_h, dilation_w, groups);
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.O && bias->scalar_type() ==
+                    input.scalar_type(),
+                "masked_conv2d (CPU): bias must be a 1-D tensor of ", g.O, " ",
+                input.scalar_type(), " values, got shape ", bias->sizes(), " and dtype ",
+                bias->scalar_type());
+    b = bias->contiguous();
+  }
+  // The output takes the input's memory format: NHWC output makes the scatter contiguous.
+  const auto fmt = input.suggest_memory_format();
+  // (at::zeros ignores a memory format given in the options, hence empty + zero_.)
+  at::Tensor out = at::empty({g.N, g.O, g.Ho, g.Wo}, input.options(), fmt).zero_();
+  const std::vector<int64_t> pos = active_positions(mask);
+  if (pos.empty() || out.numel() == 0) return out;
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "masked_conv2d_forward_cpu", [&] {
+    const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+    if (g.depthwise()) {
+      const at::Tensor wdw = weight.reshape({g.C, g.taps()}).t().contiguous();
+      forward_depthwise<scalar_t>(x, wdw, bp, g, pos, out);
+    } else {
+      forward_general<scalar_t>(x, pack_weight(weight, g), bp, g, pos, out);
+    }
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+
+// A contiguous run of the active list and the band of input rows (global index n*H + y) its taps
+// can touch.
+struct Part {
+  int64_t begin, end;    // into the active list
+  int64_t row_lo, rows;  // band of global input rows; rows == 0 when empty
+};
+
+std::vector<Part> split_parts(const std::vector<int64_t>& pos, const Geometry& g,
+                              int64_t min_per_part) {
+  const int64_t M = static_cast<int64_t>(pos.size());
+  const int64_t P = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), (M + min_per_part - 1) / min_per_part));
+  const int64_t hw = g.Ho * g.Wo;
+  std::vector<Part> parts;
+  for (int64_t p = 0; p < P; ++p) {
+    Part part;
+    part.begin = M * p / P;
+    part.end = M * (p + 1) / P;
+    if (part.begin >= part.end) continue;
+    const int64_t first = pos[part.begin], last = pos[part.end - 1];
+    const int64_t n0 = first / hw, y0 = (first % hw) / g.Wo;
+    const int64_t n1 = last / hw, y1 = (last % hw) / g.Wo;
+    const int64_t lo = n0 * g.H + std::max<int64_t>(0, y0 * g.sh - g.ph);
+    const int64_t hi = n1 * g.H + std::min<int64_t>(g.H - 1, y1 * g.sh - g.ph + (g.kh - 1) * g.dh);
+    part.row_lo = lo;
+    part.rows = std::max<int64_t>(0, hi - lo + 1);
+    parts.push_back(part);
+  }
+  return parts;
+}
+
+// Sum the per-part bands into the dense NHWC grad_input (rows are independent: parallel, and the
+// parts are added in a fixed order, so the result is deterministic).
+template <typename scalar_t>
+void reduce_bands(const std::vector<Part>& parts, const std::vector<at::Tensor>& bands,
+                  const Geometry& g, at::Tensor& grad_in) {
+  scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
+  const int64_t row_elems = g.W * g.C;
+  at::parallel_for(0, g.N * g.H, 16, [&](int64_t begin, int64_t end) {
+    for (size_t p = 0; p < parts.size(); ++p) {
+      const int64_t lo = std::max(begin, parts[p].row_lo);
+      const int64_t hi = std::min(end, parts[p].row_lo + parts[p].rows);
+      if (lo >= hi) continue;
+      const scalar_t* src = bands[p].const_data_ptr<scalar_t>() + (lo - parts[p].row_lo) * row_elems;
+      scalar_t* dst = gi + lo * row_elems;
+      row_add(dst, src, (hi - lo) * row_elems);
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_general(const at::Tensor& x, const at::Tensor& gy, const at::Tensor& wpack,
+                      const Geometry& g, const std::vector<int64_t>& pos, bool need_in,
+                      bool need_w, at::Tensor& grad_in, at::Tensor& grad_wpack) {
+  const int64_t rows = chunk_rows(g, sizeof(scalar_t));
+  const std::vector<Part> parts = split_parts(pos, g, rows);
+  const int64_t P = static_cast<int64_t>(parts.size());
+  std::vector<at::Tensor> bands(P), wacc(P);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* gp = gy.const_data_ptr<scalar_t>();
+  const int64_t hw = g.Ho * g.Wo;
+  const int64_t len = g.row_len();
+  at::parallel_for(0, P, 1, [&](int64_t pbegin, int64_t pend) {
+    at::Tensor cols = at::empty({rows, len}, x.options());
+    at::Tensor grows = at::empty({rows, g.Og}, x.options());
+    for (int64_t p = pbegin; p < pend; ++p) {
+      const Part& part = parts[p];
+      scalar_t* band = nullptr;
+      if (need_in) {
+        bands[p] = at::zeros({part.rows, g.W, g.C}, x.options());
+        band = bands[p].mutable_data_ptr<scalar_t>();
+      }
+      if (need_w) wacc[p] = at::zeros({g.G, len, g.Og}, x.options());
+      for (int64_t r0 = part.begin; r0 < part.end; r0 += rows) {
+        const int64_t nr = std::min(rows, part.end - r0);
+        at::Tensor cols_v = cols.narrow(0, 0, nr);
+        at::Tensor grows_v = grows.narrow(0, 0, nr);
+        for (int64_t grp = 0; grp < g.G; ++grp) {
+          scalar_t* gr = grows.mutable_data_ptr<scalar_t>();
+          for (int64_t r = 0; r < nr; ++r) {
+            std::memcpy(gr + r * g.Og, gp + pos[r0 + r] * g.O + grp * g.Og,
+                        sizeof(scalar_t) * g.Og);
+          }
+          if (need_w) {
+            gather_rows<scalar_t>(xp, g, pos.data() + r0, nr, grp, cols.mutable_data_ptr<scalar_t>());
+            at::Tensor acc = wacc[p][grp];
+            acc.addmm_(cols_v.t(), grows_v);
+          }
+          if (need_in) {
+            at::mm_out(cols_v, grows_v, wpack[grp].t());  // d(cols) = grad_rows @ W^T
+            const scalar_t* dc = cols.const_data_ptr<scalar_t>();
+            for (int64_t r = 0; r < nr; ++r) {
+              const int64_t idx = pos[r0 + r];
+              const int64_t n = idx / hw, rem = idx % hw;
+              const int64_t iy0 = (rem / g.Wo) * g.sh - g.ph, ix0 = (rem % g.Wo) * g.sw - g.pw;
+              const scalar_t* src = dc + r * len;
+              for (int64_t ky = 0; ky < g.kh; ++ky) {
+                const int64_t iy = iy0 + ky * g.dh;
+                if (iy < 0 || iy >= g.H) {
+                  src += g.kw * g.Cg;
+                  continue;
+                }
+                scalar_t* brow = band + ((n * g.H + iy - part.row_lo) * g.W) * g.C + grp * g.Cg;
+                for (int64_t kx = 0; kx < g.kw; ++kx, src += g.Cg) {
+                  const int64_t ix = ix0 + kx * g.dw;
+                  if (ix < 0 || ix >= g.W) continue;
+                  row_add(brow + ix * g.C, src, g.Cg);
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+  if (need_w) {
+    grad_wpack = wacc[0];
+    for (int64_t p = 1; p < P; ++p) grad_wpack.add_(wacc[p]);
+  }
+  if (need_in) reduce_bands<scalar_t>(parts, bands, g, grad_in);
+}
+
+template <typename scalar_t>
+void backward_depthwise(const at::Tensor& x, const at::Tensor& gy, const at::Tensor& wdw,
+                        const Geometry& g, const std::vector<int64_t>& pos, bool need_in,
+                        bool need_w, at::Tensor& grad_in, at::Tensor& grad_wdw) {
+  const std::vector<Part> parts = split_parts(pos, g, 256);
+  const int64_t P = static_cast<int64_t>(parts.size());
+  std::vector<at::Tensor> bands(P), wacc(P);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* gp = gy.const_data_ptr<scalar_t>();
+  const scalar_t* wp = wdw.const_data_ptr<scalar_t>();
+  const int64_t hw = g.Ho * g.Wo;
+  const int64_t C = g.C;
+  at::parallel_for(0, P, 1, [&](int64_t pbegin, int64_t pend) {
+    for (int64_t p = pbegin; p < pend; ++p) {
+      const Part& part = parts[p];
+      scalar_t* band = nullptr;
+      scalar_t* wa = nullptr;
+      if (need_in) {
+        bands[p] = at::zeros({part.rows, g.W, C}, x.options());
+        band = bands[p].mutable_data_ptr<scalar_t>();
+      }
+      if (need_w) {
+        wacc[p] = at::zeros({g.taps(), C}, x.options());
+        wa = wacc[p].mutable_data_ptr<scalar_t>();
+      }
+      for (int64_t i = part.begin; i < part.end; ++i) {
+        const int64_t idx = pos[i];
+        const int64_t n = idx / hw, rem = idx % hw;
+        const int64_t iy0 = (rem / g.Wo) * g.sh - g.ph, ix0 = (rem % g.Wo) * g.sw - g.pw;
+        const scalar_t* __restrict__ gr = gp + idx * C;
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          const int64_t iy = iy0 + ky * g.dh;
+          if (iy < 0 || iy >= g.H) continue;
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            const int64_t ix = ix0 + kx * g.dw;
+            if (ix < 0 || ix >= g.W) continue;
+            const int64_t t = ky * g.kw + kx;
+            if (need_w) {
+              row_fma(wa + t * C, xp + ((n * g.H + iy) * g.W + ix) * C, gr, C);
+            }
+            if (need_in) {
+              row_fma(band + ((n * g.H + iy - part.row_lo) * g.W + ix) * C, wp + t * C, gr, C);
+            }
+          }
+        }
+      }
+    }
+  });
+  if (need_w) {
+    grad_wdw = wacc[0];
+    for (int64_t p = 1; p < P; ++p) grad_wdw.add_(wacc[p]);
+  }
+  if (need_in) reduce_bands<scalar_t>(parts, bands, g, grad_in);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu_impl(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t groups, std::array<bool, 3> output_mask) {
+  const Geometry g = check_and_describe("_masked_conv2d_backward (CPU)", input, weight, mask,
+                                        stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                                        groups);
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.N && grad_output.size(1) == g.O &&
+                  grad_output.size(2) == g.Ho && grad_output.size(3) == g.Wo,
+              "_masked_conv2d_backward (CPU): grad_output must have shape (", g.N, ", ", g.O, ", ",
+              g.Ho, ", ", g.Wo, "), got ", grad_output.sizes());
+  const bool need_in = output_mask[0], need_w = output_mask[1], need_b = output_mask[2];
+  const std::vector<int64_t> pos = active_positions(mask);
+  // NHWC grad rows: the active pixel's Og values of a group are contiguous.
+  const at::Tensor gy = grad_output.to(input.scalar_type())
+                            .contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor grad_in, grad_w, grad_b;
+  if (need_b) {
+    grad_b = at::zeros({g.O}, weight.options());
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "masked_conv2d_backward_bias_cpu", [&] {
+      scalar_t* gb = grad_b.mutable_data_ptr<scalar_t>();
+      const scalar_t* gp = gy.const_data_ptr<scalar_t>();
+      for (const int64_t idx : pos) {
+        row_add(gb, gp + idx * g.O, g.O);
+      }
+    });
+  }
+  if (!need_in && !need_w) return {grad_in, grad_w, grad_b};
+  // grad_input accumulates in NHWC (the band layout) and is returned as a view in NCHW order,
+  // i.e. channels_last memory; converted to contiguous when the input was NCHW.
+  at::Tensor gin_nhwc;
+  if (need_in) gin_nhwc = at::zeros({g.N, g.H, g.W, g.C}, input.options());
+  if (pos.empty()) {
+    if (need_w) grad_w = at::zeros_like(weight, at::MemoryFormat::Contiguous);
+  } else {
+    const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "masked_conv2d_backward_cpu", [&] {
+      if (g.depthwise()) {
+        const at::Tensor wdw = weight.reshape({g.C, g.taps()}).t().contiguous();
+        at::Tensor gw;
+        backward_depthwise<scalar_t>(x, gy, wdw, g, pos, need_in, need_w, gin_nhwc, gw);
+        if (need_w) grad_w = gw.t().reshape({g.O, 1, g.kh, g.kw}).contiguous();
+      } else {
+        at::Tensor gwp;
+        backward_general<scalar_t>(x, gy, pack_weight(weight, g), g, pos, need_in, need_w,
+                                   gin_nhwc, gwp);
+        if (need_w) grad_w = unpack_weight_grad(gwp, g);
+      }
+    });
+  }
+  if (need_in) {
+    grad_in = gin_nhwc.permute({0, 3, 1, 2});
+    if (input.suggest_memory_format() != at::MemoryFormat::ChannelsLast) {
+      grad_in = grad_in.contiguous();
+    }
+  }
+  return {grad_in, grad_w, grad_b};
+}
+
+}  // namespace
+
+at::Tensor masked_conv2d_forward_cpu(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t groups) {
+  return masked_conv2d_forward_cpu_impl(input, weight, bias, mask, stride_h, stride_w, pad_h,
+                                        pad_w, dilation_h, dilation_w, groups);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t groups, std::array<bool, 3> output_mask) {
+  return masked_conv2d_backward_cpu_impl(grad_output, input, weight, mask, stride_h, stride_w,
+                                         pad_h, pad_w, dilation_h, dilation_w, groups,
+                                         output_mask);
+}
+
+TORCH_LIBRARY_IMPL(dl_lib, CPU, m) {
+  m.impl("masked_conv2d", &masked_conv2d_forward_cpu);
+  m.impl("_masked_conv2d_backward", &masked_conv2d_backward_cpu);
+}
+
+}  // namespace ops
+}  // namespace dl_lib

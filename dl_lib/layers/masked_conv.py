@@ -1,0 +1,200 @@
+"""Sparse masked convolution: ``conv2d`` evaluated only where a mask on the output grid is set.
+
+``masked_conv2d(input, weight, bias, mask, ...)`` equals ``F.conv2d(input, weight, bias, ...)`` at
+the active positions of ``mask`` and is 0 elsewhere; the work (and time, on CPU) scales with the
+number of active positions. It calls the compiled op ``torch.ops.dl_lib.masked_conv2d`` (CPU
+kernels in ``csrc/masked_conv/cpu``, CUDA kernels in ``csrc/masked_conv/cuda``, autograd in
+``csrc/masked_conv/autograd``) and falls back to the dense reference
+(:func:`dl_lib.layers.masked_conv_reference.masked_conv2d_dense`) when ``dl_lib._C`` is missing or
+has no kernel for the device/dtype (e.g. float16 on CPU).
+
+Gradients flow to input, weight and bias (positions outside the mask contribute nothing); the
+mask gets none. For soft masks or double backward use the dense reference.
+
+Fast paths want channels_last (NHWC) inputs: the output keeps the input's memory format.
+"""
+import contextlib
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dl_lib._ext import compiled_with_cuda, has_compiled_ops
+
+from .masked_conv_policy import use_dense
+from .masked_conv_reference import _pair, conv_output_size, masked_conv2d_dense
+
+__all__ = ["masked_conv2d", "MaskedConv2d"]
+
+IntPair = Union[int, Sequence[int]]
+
+_HAS_OPS = has_compiled_ops()
+# Evaluated once here: calling the op under torch.compile would trace it.
+_HAS_CUDA_OPS = _HAS_OPS and compiled_with_cuda()
+_CPU_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+if _HAS_OPS:
+
+    def _memory_format(t: torch.Tensor) -> torch.memory_format:
+        # The kernels write their dense results in the input's memory format.
+        from torch._prims_common import suggest_memory_format
+
+        return suggest_memory_format(t)
+
+    @torch.library.register_fake("dl_lib::masked_conv2d")
+    def _masked_conv2d_fake(input, weight, bias, mask, stride_h, stride_w, pad_h, pad_w,
+                            dilation_h, dilation_w, groups):
+        torch._check(input.dim() == 4, lambda: "masked_conv2d: input must be 4-D")
+        torch._check(weight.dim() == 4, lambda: "masked_conv2d: weight must be 4-D")
+        n, _, h, w = input.shape
+        out_ch, _, kh, kw = weight.shape
+        ho = (h + 2 * pad_h - dilation_h * (kh - 1) - 1) // stride_h + 1
+        wo = (w + 2 * pad_w - dilation_w * (kw - 1) - 1) // stride_w + 1
+        return torch.empty((n, out_ch, ho, wo), dtype=input.dtype, device=input.device,
+                           memory_format=_memory_format(input))
+
+    @torch.library.register_fake("dl_lib::_masked_conv2d_backward")
+    def _masked_conv2d_backward_fake(grad_output, input, weight, mask, stride_h, stride_w, pad_h,
+                                     pad_w, dilation_h, dilation_w, groups, output_mask):
+        grad_input = grad_weight = grad_bias = None
+        if output_mask[0]:
+            grad_input = torch.empty_like(input, memory_format=_memory_format(input))
+        if output_mask[1]:
+            grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format)
+        if output_mask[2]:
+            grad_bias = weight.new_empty((weight.shape[0],))
+        return grad_input, grad_weight, grad_bias
+
+
+def _has_kernel(input: torch.Tensor) -> bool:
+    if not _HAS_OPS:
+        return False
+    if input.device.type == "cpu":
+        return input.dtype in _CPU_DTYPES
+    if input.device.type == "cuda":
+        return _HAS_CUDA_OPS and input.dtype in _CUDA_DTYPES
+    return False
+
+
+def _prepare_mask(mask: torch.Tensor, input: torch.Tensor, out_hw) -> torch.Tensor:
+    """Check ``mask`` against the output grid and return it as a contiguous bool tensor."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"masked_conv2d: mask must be a tensor, got {type(mask).__name__}")
+    expected = (input.shape[0], 1, out_hw[0], out_hw[1])
+    if tuple(mask.shape) != expected:
+        raise ValueError(
+            f"masked_conv2d: mask must have shape (N, 1, Ho, Wo) = {expected} (the output grid "
+            f"of this convolution), got {tuple(mask.shape)}. Resize it with "
+            f"dl_lib.layers.resize_mask(mask, {tuple(out_hw)}).")
+    if mask.device != input.device:
+        raise ValueError(
+            f"masked_conv2d: mask is on {mask.device} but input is on {input.device}; move it "
+            f"with mask.to(input.device).")
+    if mask.dtype == torch.bool:
+        return mask.contiguous()
+    if mask.is_complex() or not (mask.is_floating_point() or mask.dtype in (
+            torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise TypeError(f"masked_conv2d: mask must be bool or hold 0/1 values, got {mask.dtype}")
+    if not torch.compiler.is_compiling() and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(
+            f"masked_conv2d: a {mask.dtype} mask must hold only 0 and 1 (a hard mask); got other "
+            f"values. Threshold it (mask > t) or, for a soft mask, use the dense path "
+            f"F.conv2d(...) * mask.")
+    return (mask.detach() != 0).contiguous()
+
+
+def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  mask: torch.Tensor, stride: IntPair = 1, padding: IntPair = 0,
+                  dilation: IntPair = 1, groups: int = 1,
+                  dense_fallback: bool = False) -> torch.Tensor:
+    """2-D convolution computed only at the active positions of ``mask``.
+
+    Args:
+        input: N x C x H x W (any memory format; channels_last is fastest).
+        weight: O x C/groups x kh x kw, same dtype and device as ``input``.
+        bias: O, or None.
+        mask: N x 1 x Ho x Wo on the output grid, bool or 0/1 values.
+        stride, padding, dilation: int or (h, w) pair, as in ``F.conv2d`` (zero padding).
+        groups: as in ``F.conv2d``.
+        dense_fallback: if True, run ``F.conv2d(...) * mask`` when the mask's density is above
+            the layer's break-even point (``masked_conv_policy``); costs one host sync for the
+            density.
+
+    Returns:
+        N x O x Ho x Wo: ``F.conv2d(...)`` at active positions, 0 elsewhere.
+    """
+    if input.dim() != 4 or weight.dim() != 4:
+        raise ValueError(f"masked_conv2d: input and weight must be 4-D, got input "
+                         f"{tuple(input.shape)} and weight {tuple(weight.shape)}")
+    if weight.dtype != input.dtype:
+        raise TypeError(f"masked_conv2d: weight dtype {weight.dtype} differs from input dtype "
+                        f"{input.dtype}")
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    out_hw = conv_output_size(input.shape[-2:], weight.shape[-2:], stride, padding, dilation)
+    mask = _prepare_mask(mask, input, out_hw)
+    if dense_fallback and not torch.compiler.is_compiling():
+        density = float(mask.float().mean()) if mask.numel() else 0.0
+        if use_dense(weight, groups, density, input.device.type):
+            return masked_conv2d_dense(input, weight, bias, mask, stride, padding, dilation,
+                                       groups)
+    if not _has_kernel(input):
+        return masked_conv2d_dense(input, weight, bias, mask, stride, padding, dilation, groups)
+    return torch.ops.dl_lib.masked_conv2d(input, weight, bias, mask, stride[0], stride[1],
+                                          padding[0], padding[1], dilation[0], dilation[1],
+                                          groups)
+
+
+class MaskedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that computes only the active positions of a mask on its output grid.
+
+    Same constructor, parameters and state_dict as ``nn.Conv2d``. Without a mask it is exactly
+    ``nn.Conv2d``. A mask is given per call (``forward(x, mask)``), set persistently
+    (``set_mask`` / ``clear_mask``) or for a block (``with conv.masked(mask): ...``); it must be
+    N x 1 x Ho x Wo (see :func:`dl_lib.layers.resize_mask` to get one from another resolution).
+
+    With ``dense_fallback`` (default True) the layer runs ``F.conv2d(...) * mask`` when the
+    mask's density is above the measured break-even point of this layer kind
+    (``dl_lib.layers.masked_conv_policy``). Non-zero padding modes ('reflect', ...) and string
+    paddings are applied with ``F.pad`` before the masked convolution.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Plain attributes (not buffers): the state_dict stays identical to nn.Conv2d's.
+        self._mask: Optional[torch.Tensor] = None
+        self.dense_fallback = True
+
+    def set_mask(self, mask: Optional[torch.Tensor]) -> None:
+        """Use ``mask`` (N x 1 x Ho x Wo) for the following forwards; None computes densely."""
+        self._mask = mask
+
+    def clear_mask(self) -> None:
+        self._mask = None
+
+    @contextlib.contextmanager
+    def masked(self, mask: Optional[torch.Tensor]):
+        """Context manager: ``with conv.masked(mask): y = conv(x)``."""
+        previous = self._mask
+        self._mask = mask
+        try:
+            yield self
+        finally:
+            self._mask = previous
+
+    def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        mask = self._mask if mask is None else mask
+        if mask is None:
+            return super().forward(input)
+        x, padding = input, self.padding
+        if isinstance(self.padding, str) or self.padding_mode != "zeros":
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(input, self._reversed_padding_repeated_twice, mode=mode)
+            padding = (0, 0)
+        return masked_conv2d(x, self.weight, self.bias, mask, self.stride, padding, self.dilation,
+                             self.groups, dense_fallback=self.dense_fallback)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", dense_fallback={self.dense_fallback}"

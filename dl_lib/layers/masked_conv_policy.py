@@ -1,0 +1,129 @@
+"""When to run a masked convolution densely.
+
+Above a layer's break-even density the sparse kernel is slower than ``F.conv2d`` followed by a
+multiplication with the mask, so :class:`dl_lib.layers.MaskedConv2d` (and
+``masked_conv2d(..., dense_fallback=True)``) switch to the dense path there. The break-even points
+are measured per (kind, channel bucket, device type):
+
+* kind: ``"depthwise"`` (in = out = groups), ``"1x1"`` (1x1 kernel, any stride) or ``"kxk"``
+  (everything else);
+* channel bucket: ``"le32"``, ``"le64"``, ``"le128"``, ``"gt128"`` on max(in, out) channels;
+* device type: ``"cpu"`` or ``"cuda"``.
+
+The table between the BEGIN/END markers is generated: ``write_break_even_table`` rewrites it (the
+benchmark ``benchmarks/masked_conv.py`` calls it), with a comment naming the command and date that
+produced the numbers. Keys missing from the table use ``DEFAULT_BREAK_EVEN``.
+"""
+import datetime
+import re
+from typing import Dict, Optional, Tuple
+
+import torch
+
+__all__ = [
+    "BREAK_EVEN",
+    "DEFAULT_BREAK_EVEN",
+    "layer_kind",
+    "channel_bucket",
+    "break_even_density",
+    "use_dense",
+    "write_break_even_table",
+]
+
+DEFAULT_BREAK_EVEN = 0.5
+
+# BEGIN BREAK_EVEN TABLE
+# Produced by: a quick script of the masked-conv CPU helper (not yet benchmarks/masked_conv.py):
+#   t_sparse = a + b*d fitted at d = 0.1/0.25/1.0 against F.conv2d, channels_last, float32,
+#   N=1, 128x256 outputs, 64/128 channels, random and band masks, 1 thread, thread CPU time
+#   (the 2-core AMD EPYC VM was shared), 2026-11-21. le32/gt128 rows are extrapolated.
+# The cuda rows are estimates from docs/reference/sparse_conv_anchors.md §2.7 until the benchmark
+# measures them on a GPU machine.
+BREAK_EVEN: Dict[Tuple[str, str, str], float] = {
+    ("kxk", "le32", "cpu"): 0.5,
+    ("kxk", "le64", "cpu"): 0.65,
+    ("kxk", "le128", "cpu"): 0.7,
+    ("kxk", "gt128", "cpu"): 0.7,
+    ("1x1", "le32", "cpu"): 0.4,
+    ("1x1", "le64", "cpu"): 0.55,
+    ("1x1", "le128", "cpu"): 0.6,
+    ("1x1", "gt128", "cpu"): 0.6,
+    ("depthwise", "le32", "cpu"): 0.2,
+    ("depthwise", "le64", "cpu"): 0.25,
+    ("depthwise", "le128", "cpu"): 0.25,
+    ("depthwise", "gt128", "cpu"): 0.25,
+    ("kxk", "le32", "cuda"): 0.15,
+    ("kxk", "le64", "cuda"): 0.2,
+    ("kxk", "le128", "cuda"): 0.3,
+    ("kxk", "gt128", "cuda"): 0.4,
+    ("1x1", "le32", "cuda"): 0.2,
+    ("1x1", "le64", "cuda"): 0.3,
+    ("1x1", "le128", "cuda"): 0.4,
+    ("1x1", "gt128", "cuda"): 0.5,
+    ("depthwise", "le32", "cuda"): 0.2,
+    ("depthwise", "le64", "cuda"): 0.2,
+    ("depthwise", "le128", "cuda"): 0.25,
+    ("depthwise", "gt128", "cuda"): 0.3,
+}
+# END BREAK_EVEN TABLE
+
+
+def layer_kind(weight_shape, groups: int) -> str:
+    """``"depthwise"``, ``"1x1"`` or ``"kxk"`` for a weight of shape (O, C/groups, kh, kw)."""
+    out_ch, c_g, kh, kw = weight_shape
+    if c_g == 1 and groups == out_ch and groups > 1:
+        return "depthwise"
+    if kh == 1 and kw == 1:
+        return "1x1"
+    return "kxk"
+
+
+def channel_bucket(channels: int) -> str:
+    """Bucket name of ``channels`` (use max(in_channels, out_channels))."""
+    for limit in (32, 64, 128):
+        if channels <= limit:
+            return f"le{limit}"
+    return "gt128"
+
+
+def break_even_density(kind: str, channels: int, device_type: str) -> float:
+    """Density above which the dense path is faster, from the table (or the default)."""
+    return BREAK_EVEN.get((kind, channel_bucket(channels), device_type), DEFAULT_BREAK_EVEN)
+
+
+def use_dense(weight: torch.Tensor, groups: int, density: float, device_type: str) -> bool:
+    """True when a layer with this ``weight`` should run densely at active fraction ``density``."""
+    channels = max(weight.shape[0], weight.shape[1] * groups)
+    return density > break_even_density(layer_kind(weight.shape, groups), channels, device_type)
+
+
+def write_break_even_table(entries: Dict[Tuple[str, str, str], float], command: str,
+                           path: Optional[str] = None, date: Optional[str] = None) -> None:
+    """Rewrite the generated table of ``path`` (this file by default) with ``entries`` merged in.
+
+    ``entries`` maps (kind, channel bucket, device type) to a break-even density; existing keys
+    not in ``entries`` are kept. ``command`` is recorded in the comment with ``date`` (today).
+    """
+    path = path or __file__
+    date = date or datetime.date.today().isoformat()
+    table = dict(BREAK_EVEN)
+    for key, value in entries.items():
+        kind, bucket, device = key
+        if kind not in ("kxk", "1x1", "depthwise") or device not in ("cpu", "cuda"):
+            raise ValueError(f"write_break_even_table: bad key {key}")
+        table[key] = float(min(max(value, 0.0), 1.0))
+    lines = ["# BEGIN BREAK_EVEN TABLE", f"# Produced by: {command}", f"#   on {date}."]
+    lines.append("BREAK_EVEN: Dict[Tuple[str, str, str], float] = {")
+    for key in sorted(table, key=lambda k: (k[2], k[0], k[1])):
+        lines.append(f"    {key!r}: {table[key]:.3g},")
+    lines += ["}", "# END BREAK_EVEN TABLE"]
+    with open(path) as f:
+        text = f.read()
+    pattern = re.compile(r"# BEGIN BREAK_EVEN TABLE\n.*?# END BREAK_EVEN TABLE", re.S)
+    if not pattern.search(text):
+        raise RuntimeError(f"write_break_even_table: no BEGIN/END BREAK_EVEN TABLE block in {path}")
+    text = pattern.sub(lambda _: "\n".join(lines), text)
+    with open(path, "w") as f:
+        f.write(text)
+    BREAK_EVEN.clear()
+    BREAK_EVEN.update(table)
