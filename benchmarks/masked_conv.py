@@ -1,0 +1,652 @@
+#!/usr/bin/env python
+"""Density sweep of dl_lib's sparse masked convolution against the dense convolution.
+
+For every layer (HRNet-W18/W48 branch convs at Cityscapes scale, routing-supernet cells: 3x3 with
+18-512 channels, depthwise 3x3, 1x1, stride 1 and 2), mask kind (``random`` pixels, random
+``block8`` tiles, ``boundary`` bands; see bench_masks.py) and pixel density d, it times
+
+  * dense:  ``F.conv2d`` on the same input, in the same memory format (channels_last by default);
+  * masked: the public ``dl_lib.layers.masked_conv2d`` with any dense fallback disabled, i.e. the
+    sparse kernel itself (index building included: that is what a layer pays);
+  * module: ``dl_lib.layers.MaskedConv2d`` with its density fallback, at d = 1.0 only (it should
+    cost about the dense time there);
+
+and reports speedup = dense / masked, the ideal 1/d and the ratio speedup/ideal. Times are
+medians after warm-up, dense and masked calls alternating (so the drift of a shared machine
+cancels in the ratio): wall clock with a fixed thread count on CPU, CUDA events on GPU
+(cudnn.benchmark on, TF32 as torch's defaults). Forward and forward+backward are reported as
+separate rows (``--mode``).
+
+Outputs in ``--out`` (default output/benchmarks/): masked_conv_<device>.csv / .json (all rows and
+the derived break-even densities) and masked_conv_<device>.png (speedup vs density per layer with
+the ideal 1/d and the 0.8 x ideal target lines). ``--write-policy`` stores the measured
+break-even densities in dl_lib's dense-fallback policy (see ``write_policy``).
+
+Examples::
+
+    python benchmarks/masked_conv.py --device cpu --threads 2          # full CPU sweep, ~10 min
+    python benchmarks/masked_conv.py --quick                           # a few rows, ~1 min
+    python benchmarks/masked_conv.py --device cuda --dtype float16 --input-size 1024x2048
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import inspect
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_masks import MASK_KINDS, block_density, make_mask  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DENSITIES = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
+TARGET_FRACTION = 0.8  # acceptance target: speedup >= 0.8 x ideal
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """One convolution; ``scale`` is the input resolution as a fraction of the image size."""
+
+    name: str
+    kind: str  # policy key: "3x3", "3x3_s2", "dw3x3", "1x1"
+    cin: int
+    cout: int
+    k: int
+    stride: int
+    groups: int
+    scale: int  # input resolution = image / scale
+
+    @property
+    def padding(self) -> int:
+        return self.k // 2
+
+
+# HRNet branches run at 1/4, 1/8, 1/16, 1/32 with W, 2W, 4W, 8W channels (W = 18 or 48); the
+# stride-2 3x3 convs build the transitions/fuse paths. The routing supernet (Dynamic Routing)
+# cells use 64..512 channels at 1/4..1/32, separable (depthwise 3x3 + 1x1) convs.
+LAYERS = (
+    LayerSpec("hrnet_w18_b1_3x3", "3x3", 18, 18, 3, 1, 1, 4),
+    LayerSpec("hrnet_w48_b1_3x3", "3x3", 48, 48, 3, 1, 1, 4),
+    LayerSpec("hrnet_w48_b2_3x3", "3x3", 96, 96, 3, 1, 1, 8),
+    LayerSpec("hrnet_w48_b3_3x3", "3x3", 192, 192, 3, 1, 1, 16),
+    LayerSpec("hrnet_w48_b4_3x3", "3x3", 384, 384, 3, 1, 1, 32),
+    LayerSpec("routing_l4_3x3", "3x3", 512, 512, 3, 1, 1, 32),
+    LayerSpec("hrnet_w48_down_3x3s2", "3x3_s2", 48, 96, 3, 2, 1, 4),
+    LayerSpec("routing_down_3x3s2", "3x3_s2", 128, 256, 3, 2, 1, 8),
+    LayerSpec("routing_dw3x3_c128", "dw3x3", 128, 128, 3, 1, 128, 8),
+    LayerSpec("hrnet_w48_dw3x3_c384", "dw3x3", 384, 384, 3, 1, 384, 16),
+    LayerSpec("routing_1x1_256to64", "1x1", 256, 64, 1, 1, 1, 8),
+    LayerSpec("hrnet_w48_fuse_1x1_96to48", "1x1", 96, 48, 1, 1, 1, 4),
+)
+QUICK_LAYERS = ("hrnet_w48_b1_3x3", "hrnet_w48_dw3x3_c384", "routing_1x1_256to64")
+QUICK_DENSITIES = (0.1, 0.5, 1.0)
+QUICK_KINDS = ("random", "boundary")
+
+
+# ------------------------------------------------------------------------------------------------
+# The code under test: resolved at run time so the benchmark states exactly what it timed.
+
+
+class MaskedImpl:
+    """Callables for the sparse path (no fallback) and the module with its fallback."""
+
+    def __init__(self) -> None:
+        self.functional: Callable | None = None
+        self.functional_kwargs: dict = {}
+        self.description = ""
+        self.module_cls = None
+        try:
+            from dl_lib import layers
+
+            fn = getattr(layers, "masked_conv2d", None)
+            self.module_cls = getattr(layers, "MaskedConv2d", None)
+        except ImportError as exc:  # the package itself failed: report and use the raw op
+            print(f"warning: dl_lib.layers could not be imported ({exc})", file=sys.stderr)
+            fn = None
+        if fn is not None:
+            self.functional = fn
+            params = inspect.signature(fn).parameters
+            # Disable any dense fallback so the sparse kernel itself is timed.
+            for name, value in (
+                ("fallback", False),
+                ("dense_fallback", False),
+                ("allow_fallback", False),
+                ("use_fallback", False),
+                ("fallback_density", None),
+                ("dense_threshold", None),
+            ):
+                if name in params:
+                    self.functional_kwargs[name] = value
+            self.description = "dl_lib.layers.masked_conv2d" + (
+                f"({', '.join(f'{k}={v}' for k, v in self.functional_kwargs.items())})"
+                if self.functional_kwargs
+                else ""
+            )
+        else:
+            import dl_lib._ext  # noqa: F401  (loads dl_lib._C, registering torch.ops.dl_lib)
+
+            if not hasattr(torch.ops.dl_lib, "masked_conv2d"):
+                raise SystemExit(
+                    "neither dl_lib.layers.masked_conv2d nor torch.ops.dl_lib.masked_conv2d is "
+                    "available: build the extension with `make build`"
+                )
+            self.description = "torch.ops.dl_lib.masked_conv2d (dl_lib.layers.masked_conv2d missing)"
+
+    def sparse(self, x, w, b, mask, spec: LayerSpec):
+        if self.functional is not None:
+            return self.functional(
+                x, w, b, mask, stride=spec.stride, padding=spec.padding, dilation=1,
+                groups=spec.groups, **self.functional_kwargs,
+            )
+        p, s = spec.padding, spec.stride
+        return torch.ops.dl_lib.masked_conv2d(x, w, b, mask, s, s, p, p, 1, 1, spec.groups)
+
+    def make_module(self, spec: LayerSpec, w, b):
+        """MaskedConv2d with the benchmark's weights and its default fallback, or None."""
+        if self.module_cls is None:
+            return None
+        try:
+            mod = self.module_cls(
+                spec.cin, spec.cout, spec.k, stride=spec.stride, padding=spec.padding,
+                groups=spec.groups, bias=b is not None,
+            )
+        except TypeError as exc:
+            print(f"warning: cannot build MaskedConv2d for {spec.name}: {exc}", file=sys.stderr)
+            return None
+        with torch.no_grad():
+            mod.weight.copy_(w)
+            if b is not None:
+                mod.bias.copy_(b)
+        return mod.to(device=w.device, dtype=w.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Timing
+
+
+class Timer:
+    """Median times of callables after warm-up (CUDA events on GPU, perf_counter on CPU).
+
+    ``pair`` alternates the two callables call by call, so slow drifts of a shared machine (other
+    jobs starting or stopping) hit dense and masked alike and cancel in the speedup.
+    """
+
+    def __init__(self, device: torch.device, min_time: float, min_reps: int, warmup: int):
+        self.device = device
+        self.min_time = min_time
+        self.min_reps = min_reps
+        self.warmup = warmup
+
+    def _once(self, fn: Callable[[], object]) -> float:
+        if self.device.type == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    def pair(self, fn_a: Callable[[], object], fn_b: Callable[[], object]) -> tuple[float, float]:
+        for _ in range(self.warmup):
+            fn_a()
+            fn_b()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        times_a, times_b = [], []
+        budget_start = time.perf_counter()
+        while len(times_a) < self.min_reps or time.perf_counter() - budget_start < 2 * self.min_time:
+            times_a.append(self._once(fn_a))
+            times_b.append(self._once(fn_b))
+            if len(times_a) >= 200:
+                break
+        return statistics.median(times_a), statistics.median(times_b)
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        for _ in range(self.warmup):
+            fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        times = []
+        budget_start = time.perf_counter()
+        while len(times) < self.min_reps or time.perf_counter() - budget_start < self.min_time:
+            times.append(self._once(fn))
+            if len(times) >= 200:
+                break
+        return statistics.median(times)
+
+
+def make_step(forward: Callable[[], torch.Tensor], mode: str, grad_out: torch.Tensor, inputs):
+    """fwd: forward only (no autograd graph); fwdbwd: forward + torch.autograd.grad."""
+    if mode == "fwd":
+        def step():
+            with torch.no_grad():
+                return forward()
+    else:
+        def step():
+            out = forward()
+            return torch.autograd.grad(out, inputs, grad_out)
+    return step
+
+
+# ------------------------------------------------------------------------------------------------
+# Sweep
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--input-size must look like 512x1024, got {text!r}")
+    return h, w
+
+
+def layer_tensors(spec: LayerSpec, image: tuple[int, int], batch: int, device, dtype, fmt, gen):
+    h, w = image[0] // spec.scale, image[1] // spec.scale
+    x = torch.randn(batch, spec.cin, h, w, generator=gen).to(device=device, dtype=dtype)
+    x = x.contiguous(memory_format=fmt)
+    wgt = torch.randn(spec.cout, spec.cin // spec.groups, spec.k, spec.k, generator=gen)
+    wgt = (wgt / math.sqrt(wgt[0].numel())).to(device=device, dtype=dtype)
+    bias = torch.randn(spec.cout, generator=gen).to(device=device, dtype=dtype)
+    ho = (h + 2 * spec.padding - spec.k) // spec.stride + 1
+    wo = (w + 2 * spec.padding - spec.k) // spec.stride + 1
+    return x, wgt, bias, (ho, wo)
+
+
+def run_sweep(args) -> list[dict]:
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    else:
+        torch.backends.cudnn.benchmark = True
+    impl = MaskedImpl()
+    timer = Timer(device, args.min_time, args.min_reps, args.warmup)
+    modes = ("fwd", "fwdbwd") if args.mode == "both" else (args.mode,)
+    layers = [l for l in LAYERS if not args.layers or any(s in l.name for s in args.layers)]
+    if args.quick:
+        layers = [l for l in layers if l.name in QUICK_LAYERS]
+    densities = QUICK_DENSITIES if args.quick else args.densities
+    kinds = QUICK_KINDS if args.quick else args.kinds
+    print(f"# masked path: {impl.description}")
+    print(f"# device={device} dtype={args.dtype} threads={torch.get_num_threads()} "
+          f"input={args.input_size[0]}x{args.input_size[1]} batch={args.batch} "
+          f"format={args.memory_format} modes={','.join(modes)}")
+
+    rows = []
+    gen = torch.Generator().manual_seed(args.seed)
+    for spec in layers:
+        x, wgt, bias, (ho, wo) = layer_tensors(
+            spec, args.input_size, args.batch, device, dtype, fmt, gen
+        )
+        grad_out = torch.randn(args.batch, spec.cout, ho, wo, generator=gen).to(
+            device=device, dtype=dtype).contiguous(memory_format=fmt)
+        module = impl.make_module(spec, wgt, bias)
+        for mode in modes:
+            xg = x.detach().requires_grad_(mode == "fwdbwd")
+            wg = wgt.detach().requires_grad_(mode == "fwdbwd")
+            bg = bias.detach().requires_grad_(mode == "fwdbwd")
+            inputs = (xg, wg, bg)
+
+            def dense():
+                return F.conv2d(xg, wg, bg, spec.stride, spec.padding, 1, spec.groups)
+
+            dense_step = make_step(dense, mode, grad_out, inputs)
+            for kind in kinds:
+                for d in densities:
+                    mask = make_mask(kind, args.batch, ho, wo, d, gen).to(device)
+
+                    def masked(mask=mask):
+                        return impl.sparse(xg, wg, bg, mask, spec)
+
+                    t_dense, t_masked = timer.pair(
+                        dense_step, make_step(masked, mode, grad_out, inputs))
+                    t_module = float("nan")
+                    if module is not None and d >= 1.0:
+                        mparams = tuple(module.parameters())
+                        mod_inputs = (xg, *mparams) if mode == "fwdbwd" else inputs
+
+                        def run_module(mask=mask):
+                            return module(xg, mask)
+
+                        try:
+                            t_module = timer(make_step(run_module, mode, grad_out, mod_inputs))
+                        except Exception as exc:  # report, keep sweeping
+                            print(f"warning: MaskedConv2d failed on {spec.name}: {exc}",
+                                  file=sys.stderr)
+                            module = None
+                    pix = float(mask.float().mean())
+                    speedup = t_dense / t_masked
+                    ideal = 1.0 / max(pix, 1e-9)
+                    row = dict(
+                        layer=spec.name, layer_kind=spec.kind,
+                        policy_key="/".join(policy_key(spec)), cin=spec.cin, cout=spec.cout,
+                        k=spec.k, stride=spec.stride, groups=spec.groups,
+                        in_h=x.shape[2], in_w=x.shape[3], mode=mode, mask=kind,
+                        density=d, pixel_density=pix, block8_density=block_density(mask.cpu()),
+                        dense_ms=t_dense * 1e3, masked_ms=t_masked * 1e3,
+                        module_ms=t_module * 1e3, speedup=speedup, ideal=ideal,
+                        ratio=speedup / ideal,
+                    )
+                    rows.append(row)
+                    print_row(row, header=len(rows) == 1)
+    return rows
+
+
+COLUMNS = (
+    ("layer", "{}"), ("mode", "{}"), ("mask", "{}"), ("density", "{:.2f}"),
+    ("block8_density", "{:.2f}"), ("dense_ms", "{:.3f}"), ("masked_ms", "{:.3f}"),
+    ("module_ms", "{:.3f}"), ("speedup", "{:.2f}"), ("ideal", "{:.1f}"), ("ratio", "{:.2f}"),
+)
+HEADERS = ("layer", "mode", "mask", "d", "d_b8", "dense ms", "masked ms", "module ms",
+           "speedup", "ideal", "speedup/ideal")
+WIDTHS = (26, 6, 8, 5, 5, 9, 9, 9, 7, 6, 13)
+
+
+def _fmt(row, key, spec):
+    value = row[key]
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return spec.format(value)
+
+
+def print_row(row: dict, header: bool = False) -> None:
+    """Streams one table row as soon as it is measured (long sweeps show progress)."""
+    if header:
+        print(" ".join(h.rjust(w) if i > 2 else h.ljust(w)
+                       for i, (h, w) in enumerate(zip(HEADERS, WIDTHS))))
+    cells = [_fmt(row, key, spec) for key, spec in COLUMNS]
+    print(" ".join(c.rjust(w) if i > 2 else c.ljust(w)
+                   for i, (c, w) in enumerate(zip(cells, WIDTHS))), flush=True)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row, k, s) for k, s in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def pivot_tables(rows: list[dict]) -> str:
+    """Markdown: per mode, speedup (and speedup/ideal) for every layer x mask kind x density."""
+    out = []
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        rs = [r for r in rows if r["mode"] == mode]
+        dens = sorted({r["density"] for r in rs})
+        out.append(f"**{mode}**: speedup over dense (speedup / ideal in parentheses)\n")
+        out.append("| layer | mask | dense ms | " + " | ".join(f"d={d:g}" for d in dens) + " |")
+        out.append("|---|---|---|" + "---|" * len(dens))
+        for layer in dict.fromkeys(r["layer"] for r in rs):
+            for kind in dict.fromkeys(r["mask"] for r in rs):
+                cells = {r["density"]: r for r in rs if r["layer"] == layer and r["mask"] == kind}
+                if not cells:
+                    continue
+                dense_ms = statistics.median(r["dense_ms"] for r in cells.values())
+                vals = [f"{cells[d]['speedup']:.2f} ({cells[d]['ratio']:.2f})" if d in cells
+                        else "-" for d in dens]
+                out.append(f"| {layer} | {kind} | {dense_ms:.2f} | " + " | ".join(vals) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Break-even densities
+
+
+def break_even(rows: list[dict]) -> dict:
+    """Measured break-even density per (mode, layer kind) and per (mode, layer).
+
+    Per layer: the highest swept density at which masked beats dense (speedup > 1), and the
+    crossover interpolated (in log speedup) between it and the next density; 0.0 when masked
+    never wins. Per policy key ("kind/channel bucket", as dl_lib.layers.masked_conv_policy keys
+    its table): the median, over the key's layers and all mask kinds, of the interpolated
+    crossover, so one unlucky mask shape does not decide it.
+    """
+    per_layer: dict = {}
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault((row["mode"], row["layer"], row["policy_key"], row["mask"]), []).append(row)
+    crossings: dict = {}
+    for (mode, layer, kind, mask), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["density"])
+        best, cross = 0.0, 0.0
+        for i, r in enumerate(rs):
+            if r["speedup"] > 1.0:
+                best = r["density"]
+                if i + 1 < len(rs) and rs[i + 1]["speedup"] <= 1.0:
+                    s0, s1 = math.log(r["speedup"]), math.log(max(rs[i + 1]["speedup"], 1e-9))
+                    t = s0 / (s0 - s1) if s0 != s1 else 0.0
+                    cross = r["density"] + t * (rs[i + 1]["density"] - r["density"])
+                elif i + 1 == len(rs):
+                    cross = r["density"]
+        per_layer.setdefault(mode, {}).setdefault(layer, {})[mask] = {
+            "highest_winning_density": best, "crossover": round(cross, 3)}
+        crossings.setdefault((mode, kind), []).append(cross)
+    per_kind = {}
+    for (mode, kind), values in crossings.items():
+        per_kind.setdefault(mode, {})[kind] = round(statistics.median(values), 3)
+    return {"per_kind": per_kind, "per_layer": per_layer}
+
+
+POLICY_JSON = os.path.join(ROOT, "dl_lib", "layers", "masked_conv_policy.json")
+
+
+def policy_key(spec: LayerSpec) -> tuple[str, str]:
+    """(kind, channel bucket) of a layer as dl_lib.layers.masked_conv_policy keys its table;
+    the same rules are used when that module is missing."""
+    shape = (spec.cout, spec.cin // spec.groups, spec.k, spec.k)
+    channels = max(spec.cin, spec.cout)
+    try:
+        from dl_lib.layers import masked_conv_policy as policy
+
+        return policy.layer_kind(shape, spec.groups), policy.channel_bucket(channels)
+    except ImportError:
+        if shape[1] == 1 and spec.groups == spec.cout and spec.groups > 1:
+            kind = "depthwise"
+        else:
+            kind = "1x1" if spec.k == 1 else "kxk"
+        bucket = next((f"le{c}" for c in (32, 64, 128) if channels <= c), "gt128")
+        return kind, bucket
+
+
+def write_policy(thresholds: dict, device: str, meta: dict) -> str:
+    """Stores {"kind/bucket": break-even density} for ``device``; returns the file written.
+
+    Through ``dl_lib.layers.masked_conv_policy.write_break_even_table`` when that module has it
+    (it rewrites the generated BREAK_EVEN table of masked_conv_policy.py, keeping the entries this
+    run did not measure); otherwise into dl_lib/layers/masked_conv_policy.json
+    (``{"thresholds": {device: {"kind/bucket": density}}, "measured_with": {device: {...}}}``).
+    """
+    try:
+        from dl_lib.layers import masked_conv_policy as policy
+
+        writer = getattr(policy, "write_break_even_table", None)
+    except ImportError:
+        policy, writer = None, None
+    if writer is not None:
+        entries = {(*key.split("/"), device): value for key, value in thresholds.items()}
+        writer(entries, command=meta["summary"])
+        return policy.__file__
+    table = {}
+    if os.path.exists(POLICY_JSON):
+        with open(POLICY_JSON) as f:
+            table = json.load(f)
+    table.setdefault("thresholds", {})[device] = dict(sorted(thresholds.items()))
+    table.setdefault("measured_with", {})[device] = meta
+    with open(POLICY_JSON, "w") as f:
+        json.dump(table, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return POLICY_JSON
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def save_outputs(rows: list[dict], summary: dict, args) -> list[str]:
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"masked_conv_{args.device}")
+    paths = [stem + ".csv", stem + ".json", stem + ".png", stem + ".md"]
+    with open(paths[0], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(paths[1], "w") as f:
+        json.dump({"config": summary["config"], "break_even": summary["break_even"],
+                   "rows": rows}, f, indent=1, default=float)
+    plot(rows, paths[2])
+    with open(paths[3], "w") as f:
+        cfg = summary["config"]
+        f.write(f"`{cfg['command']}` ({cfg['device']}, {cfg['dtype']}, {cfg['threads']} threads, "
+                f"image {cfg['input_size'][0]}x{cfg['input_size'][1]}, batch {cfg['batch']}, "
+                f"{cfg['memory_format']}, torch {cfg['torch']}, {cfg['seconds']} s)\n\n")
+        f.write(pivot_tables(rows) + "\n")
+        f.write("Break-even density per policy key (median crossover over layers and masks):\n\n")
+        for mode, table in summary["break_even"]["per_kind"].items():
+            f.write(f"* {mode}: " + ", ".join(f"`{k}` {v:.2f}" for k, v in sorted(table.items()))
+                    + "\n")
+        f.write("\n<details><summary>All rows</summary>\n\n" + markdown_table(rows)
+                + "\n\n</details>\n")
+    return paths
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = sorted({r["mode"] for r in rows})
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    kinds = list(dict.fromkeys(r["mask"] for r in rows))
+    cols = min(4, len(layers))
+    nrows = math.ceil(len(layers) / cols) * len(modes)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.2 * nrows), squeeze=False)
+    dens = sorted({r["density"] for r in rows})
+    grid = [d / 100 for d in range(int(min(dens) * 100), 101)]
+    for m_i, mode in enumerate(modes):
+        for l_i, layer in enumerate(layers):
+            ax = axes[m_i * math.ceil(len(layers) / cols) + l_i // cols][l_i % cols]
+            ax.plot(grid, [1 / g for g in grid], "k-", lw=1, label="ideal 1/d")
+            ax.plot(grid, [TARGET_FRACTION / g for g in grid], "k--", lw=1,
+                    label=f"{TARGET_FRACTION} x ideal")
+            ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+            for kind in kinds:
+                rs = sorted((r for r in rows if r["mode"] == mode and r["layer"] == layer
+                             and r["mask"] == kind), key=lambda r: r["density"])
+                ax.plot([r["density"] for r in rs], [r["speedup"] for r in rs], "o-",
+                        label=kind, ms=3)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(f"{layer} [{mode}]", fontsize=8)
+            ax.set_xlabel("pixel density", fontsize=7)
+            ax.set_ylabel("speedup vs dense", fontsize=7)
+            ax.tick_params(labelsize=6)
+            if l_i == 0:
+                ax.legend(fontsize=6)
+    for ax in axes.flat:
+        if not ax.lines:
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Speedup of dl_lib's masked conv over dense F.conv2d vs mask density.")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"),
+                        default="float32")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--mode", choices=("fwd", "fwdbwd", "both"), default="both")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"only {', '.join(QUICK_LAYERS)} at d={QUICK_DENSITIES}")
+    parser.add_argument("--input-size", type=parse_size, default=None,
+                        help="image size the layer resolutions derive from (default 512x1024 "
+                        "on CPU, 1024x2048 on CUDA)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--memory-format", choices=("channels_last", "contiguous"),
+                        default="channels_last")
+    parser.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
+    parser.add_argument("--kinds", nargs="+", choices=MASK_KINDS, default=list(MASK_KINDS))
+    parser.add_argument("--layers", nargs="+", default=None,
+                        help="substrings of layer names to keep")
+    parser.add_argument("--min-time", type=float, default=None,
+                        help="seconds of timed runs per measurement and side (default 0.1)")
+    parser.add_argument("--min-reps", type=int, default=None,
+                        help="timed pairs at least (default 4 on CPU, 3 on CUDA)")
+    parser.add_argument("--warmup", type=int, default=None, help="default 1 on CPU, 5 on CUDA")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=os.path.join("output", "benchmarks"))
+    parser.add_argument("--write-policy", action="store_true",
+                        help="store the measured break-even densities in the fallback policy")
+    parser.add_argument("--policy-mode", choices=("fwd", "fwdbwd"), default="fwd",
+                        help="which mode's break-even densities --write-policy stores")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but torch.cuda.is_available() is False")
+    if args.input_size is None:
+        args.input_size = (512, 1024) if args.device == "cpu" else (1024, 2048)
+    if args.min_time is None:
+        args.min_time = 0.1
+    if args.min_reps is None:
+        args.min_reps = 4 if args.device == "cpu" else 3
+    if args.warmup is None:
+        args.warmup = 1 if args.device == "cpu" else 5
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    rows = run_sweep(args)
+    if not rows:
+        print("no rows: check --layers")
+        return 1
+    be = break_even(rows)
+    config = {
+        "device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "input_size": list(args.input_size), "batch": args.batch,
+        "memory_format": args.memory_format, "torch": torch.__version__,
+        "command": " ".join(sys.argv), "seconds": round(time.perf_counter() - start, 1),
+    }
+    if args.device == "cuda":
+        config["gpu"] = torch.cuda.get_device_name()
+    print("\n# break-even density per policy key (median crossover over layers and masks):")
+    for mode, table in be["per_kind"].items():
+        print(f"#   {mode}: " + ", ".join(f"{k}={v:.2f}" for k, v in sorted(table.items())))
+    paths = save_outputs(rows, {"config": config, "break_even": be}, args)
+    print("# wrote " + ", ".join(paths))
+    if args.write_policy:
+        mode = args.policy_mode
+        if mode not in be["per_kind"]:
+            print(f"error: --write-policy needs {mode} rows (see --mode)", file=sys.stderr)
+            return 1
+        meta = {"summary": f"python {config['command']} ({args.dtype}, {config['threads']} "
+                           f"threads, {mode} break-even, torch {torch.__version__})", **config}
+        path = write_policy(be["per_kind"][mode], args.device, meta)
+        print(f"# policy thresholds ({mode}) written to {path}")
+    print(f"# total {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
