@@ -1,15 +1,21 @@
 // CPU kernels of the sparse masked convolution (see masked_conv.h for the conventions).
 //
-// Dataflow (forward, general KxK / 1x1 / grouped):
+// Forward dataflow (float32 on AVX-512 CPUs, general KxK / 1x1 / grouped):
 //   1. the active output positions are listed once, in raster order (n, y, x);
-//   2. the list is cut into chunks of `rows` positions sized so that the im2col rows of a chunk
-//      ([rows, kh*kw*Cg], NHWC order: tap-major, channel-minor) stay in L2;
-//   3. per chunk and group: gather the rows from the NHWC input (one memcpy of Cg channels per
-//      tap), multiply with the pre-packed weight [kh*kw*Cg, Og] through at::mm_out (MKL/oneDNN),
-//      and scatter the [rows, Og] result (+ bias) to the dense output.
-//   Chunks are distributed with at::parallel_for; each thread owns its chunk buffers, so no
-//   allocation happens per pixel or per chunk.
-// Depthwise (Cg == 1, Og == 1) uses a direct loop over active pixels, vectorised over channels.
+//   2. the output (allocated uninitialised) is cut into work units of about equal cost, each a
+//      range of flat output positions; threads take units from a shared counter inside ONE
+//      parallel region per call (a static split waited on whichever thread the OS had
+//      descheduled), zero the inactive positions of the unit with streaming stores and compute
+//      its active ones, so every output element is written exactly once;
+//   3. active pixels are computed in chunks by the implicit-GEMM tile (implicit_gemm.h): 6 pixels
+//      x 64 output channels in registers, reading each tap straight from the NHWC input against
+//      a weight panel packed per call; no im2col buffer and no BLAS call. Calling MKL from inside
+//      at::parallel_for nests OpenMP teams (PyTorch turns MKL's dynamic threading off), which on
+//      two busy cores made the previous gather + at::mm kernel 10-50x slower.
+// Depthwise (Cg == 1, Og == 1) walks the active pixels of each unit with channel-vectorised
+// FMAs, prefetching the taps of the pixel a few positions ahead.
+// float64, or CPUs without AVX-512: gather NHWC im2col rows + at::mm_out, chunks run serially so
+// the BLAS may use all threads.
 //
 // Backward: the same gather gives grad_weight = sum_chunks cols^T @ grad_rows (one accumulator per
 // part, reduced at the end, so the result is deterministic) and grad_input by scattering
@@ -22,9 +28,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
+#include "masked_conv/cpu/implicit_gemm.h"
 #include "masked_conv/masked_conv.h"
 
 namespace dl_lib {
@@ -197,44 +206,238 @@ OutStrides out_strides(const at::Tensor& out) {
   return {out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
 }
 
-template <typename scalar_t>
-void forward_general(const at::Tensor& x, const at::Tensor& wpack, const scalar_t* bias,
-                     const Geometry& g, const std::vector<int64_t>& pos, at::Tensor& out) {
+// The forward output is allocated with at::empty and written exactly once: every work unit is a
+// range of flat output positions [f0, f1) (n*Ho*Wo + y*Wo + x) holding the active positions
+// pos[a0..a1); its thread computes those and writes zeros to the rest of the range. Zero-filling
+// the whole output up front instead cost as much as the depthwise/1x1 computation at d=0.25.
+struct WorkRange {
+  int64_t f0, f1;  // flat output positions
+  int64_t a0, a1;  // indices into the active list
+};
+
+// Cuts the output into `parts` ranges of about equal cost, where an inactive position costs 1
+// (writing zeros) and an active one `active_cost` (computing it). Boundaries sit on active
+// positions, so each range's actives are a contiguous slice of `pos`.
+std::vector<WorkRange> split_work(const std::vector<int64_t>& pos, int64_t total, int64_t parts,
+                                  int64_t active_cost) {
   const int64_t M = static_cast<int64_t>(pos.size());
-  const int64_t rows = chunk_rows(g, sizeof(scalar_t));
-  const int64_t nchunks = (M + rows - 1) / rows;
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  // cost of the positions before active i: pos[i] + (active_cost - 1) * i, increasing in i.
+  const double total_cost = static_cast<double>(total) + double(active_cost - 1) * double(M);
+  std::vector<int64_t> cut(parts + 1);
+  cut[0] = 0;
+  cut[parts] = M;
+  for (int64_t p = 1; p < parts; ++p) {
+    const double target = total_cost * double(p) / double(parts);
+    int64_t lo = cut[p - 1], hi = M;  // first i with cost(i) >= target
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (double(pos[mid]) + double(active_cost - 1) * double(mid) < target) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    cut[p] = lo;
+  }
+  std::vector<WorkRange> ranges;
+  for (int64_t p = 0; p < parts; ++p) {
+    WorkRange r;
+    r.a0 = cut[p];
+    r.a1 = cut[p + 1];
+    r.f0 = p == 0 ? 0 : (r.a0 < M ? pos[r.a0] : total);
+    r.f1 = p + 1 == parts ? total : (r.a1 < M ? pos[r.a1] : total);
+    if (r.f1 > r.f0) ranges.push_back(r);
+  }
+  return ranges;
+}
+
+// Work units of a forward: up to 16 per thread, each worth at least ~2^17 output floats zeroed
+// (tens of microseconds), so that threads can take them dynamically (run_units). A static split
+// into one range per thread made the wall time that of the slowest thread, and on a shared,
+// loaded machine one of the two threads is often descheduled for a whole time slice.
+// inactive_cost / active_cost: work per inactive / active output position, in floats written
+// (zeroing) or about 8 FMAs (computing).
+std::vector<WorkRange> work_units(const std::vector<int64_t>& pos, int64_t total,
+                                  int64_t inactive_cost, int64_t active_cost) {
+  const int64_t M = static_cast<int64_t>(pos.size());
+  const double work = double(total - M) * double(inactive_cost) + double(M) * double(active_cost);
+  const int64_t parts = std::max<int64_t>(
+      1, std::min<int64_t>(16 * at::get_num_threads(), static_cast<int64_t>(work / (1 << 17))));
+  const int64_t ratio = std::max<int64_t>(1, active_cost / std::max<int64_t>(1, inactive_cost));
+  return split_work(pos, total, parts, ratio);
+}
+
+// Runs fn(thread_state, unit) for every unit inside one parallel region; threads take the next
+// unit from a shared counter. make_state() builds each thread's scratch buffers once.
+template <typename MakeState, typename Fn>
+void run_units(int64_t units, const MakeState& make_state, const Fn& fn) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(units, at::get_num_threads()), 1,
+                   [&](int64_t, int64_t) {
+                     auto state = make_state();
+                     for (int64_t u = next++; u < units; u = next++) fn(state, u);
+                   });
+}
+
+// Writes zeros to the output positions in [b, e) (all of them inactive), whose images may differ.
+template <typename scalar_t>
+void zero_run(scalar_t* op, const OutStrides& os, const Geometry& g, int64_t b, int64_t e) {
+  const int64_t hw = g.Ho * g.Wo;
+  while (b < e) {
+    const int64_t n = b / hw, s0 = b % hw;
+    const int64_t s1 = std::min(hw, s0 + (e - b));
+    scalar_t* img = op + n * os.n;
+    if (os.c == 1 && os.x == g.O && os.y == g.Wo * g.O) {  // NHWC: one block
+      const int64_t count = (s1 - s0) * g.O;
+      if (std::is_same_v<scalar_t, float> && count >= 64 && cpu::implicit_gemm_available()) {
+        cpu::zero_stream(reinterpret_cast<float*>(img + s0 * g.O), count);
+      } else {
+        std::memset(img + s0 * g.O, 0, sizeof(scalar_t) * count);
+      }
+    } else if (os.x == 1 && os.y == g.Wo && os.c == hw) {  // NCHW: one run per channel
+      for (int64_t c = 0; c < g.O; ++c) {
+        std::memset(img + c * hw + s0, 0, sizeof(scalar_t) * (s1 - s0));
+      }
+    } else {
+      for (int64_t s = s0; s < s1; ++s) {
+        scalar_t* px = img + (s / g.Wo) * os.y + (s % g.Wo) * os.x;
+        for (int64_t c = 0; c < g.O; ++c) px[c * os.c] = scalar_t(0);
+      }
+    }
+    b += s1 - s0;
+  }
+}
+
+// Zeros of every inactive position of range `r`.
+template <typename scalar_t>
+void zero_inactive(scalar_t* op, const OutStrides& os, const Geometry& g,
+                   const std::vector<int64_t>& pos, const WorkRange& r) {
+  int64_t cur = r.f0;
+  for (int64_t i = r.a0; i <= r.a1; ++i) {
+    const int64_t next = i < r.a1 ? pos[i] : r.f1;
+    if (next > cur) zero_run(op, os, g, cur, next);
+    cur = next + 1;
+  }
+  if (cpu::implicit_gemm_available()) cpu::stream_fence();
+}
+
+// Weight [O, Cg, kh, kw] -> per group, per block of kBlockCols output channels, a panel
+// [kh*kw*Cg, panel_width] (tap-major, channel-minor rows like an NHWC im2col row; zero-padded
+// columns). Block (grp, nb) starts at (grp * nblocks + nb) * kh*kw*Cg * kBlockCols, all blocks
+// but a group's last being full. Plain loops on purpose: ATen's permute + contiguous would open
+// two more OpenMP regions per call, and each region start/end costs a wake-up and a barrier.
+std::vector<float> pack_panels(const at::Tensor& weight, const Geometry& g, int64_t nblocks) {
+  const at::Tensor wc = weight.contiguous();
+  const float* w = wc.const_data_ptr<float>();
+  const int64_t taps = g.taps(), K = g.row_len();
+  std::vector<float> panels(static_cast<size_t>(g.G * nblocks * K * cpu::kBlockCols), 0.f);
+  for (int64_t grp = 0; grp < g.G; ++grp) {
+    for (int64_t nb = 0; nb < nblocks; ++nb) {
+      const int64_t o0 = grp * g.Og + nb * cpu::kBlockCols;
+      const int64_t nc = std::min<int64_t>(cpu::kBlockCols, g.Og - nb * cpu::kBlockCols);
+      const int64_t ld = cpu::panel_width(nc);
+      float* blk = panels.data() + (grp * nblocks + nb) * K * cpu::kBlockCols;
+      // Walks the nc weight rows side by side in memory order (c, tap), so every read stream
+      // is sequential; each (c, tap) fills one panel row.
+      for (int64_t c = 0; c < g.Cg; ++c) {
+        for (int64_t t = 0; t < taps; ++t) {
+          const float* src = w + o0 * K + c * taps + t;
+          float* row = blk + (t * g.Cg + c) * ld;
+          for (int64_t o = 0; o < nc; ++o) row[o] = src[o * K];
+        }
+      }
+    }
+  }
+  return panels;
+}
+
+// Float32 forward through the AVX-512 implicit-GEMM tile (implicit_gemm.h): one parallel region
+// per call, each thread computing its range of active pixels in chunks (tap pointers built once
+// per chunk, weight blocks reused across the chunk's tiles while they sit in L2) and zeroing the
+// inactive positions of its range.
+void forward_implicit_gemm(const at::Tensor& x, const at::Tensor& weight, const float* bias,
+                           const Geometry& g, const std::vector<int64_t>& pos, at::Tensor& out) {
+  constexpr int64_t R = cpu::kTileRows;
+  const int64_t taps = g.taps();
+  const int64_t nblocks = (g.Og + cpu::kBlockCols - 1) / cpu::kBlockCols;
+  const std::vector<float> panels = pack_panels(weight, g, nblocks);
+  std::vector<float> bias_pad(static_cast<size_t>(g.G * nblocks * cpu::kBlockCols), 0.f);
+  if (bias) {
+    for (int64_t grp = 0; grp < g.G; ++grp) {
+      for (int64_t o = 0; o < g.Og; ++o) {
+        bias_pad[grp * nblocks * cpu::kBlockCols + o] = bias[grp * g.Og + o];
+      }
+    }
+  }
+  // Pixels per chunk: the input a chunk's taps read (<= rows * taps * Cg floats, less where
+  // neighbours share taps) about 512 KiB, next to the weight block, in a 1 MiB (Zen 4) L2.
+  const int64_t row_bytes = taps * g.Cg * static_cast<int64_t>(sizeof(float));
+  const int64_t chunk =
+      std::min<int64_t>(192, std::max<int64_t>(4 * R, (512 << 10) / row_bytes)) / R * R;
+  const float* xp = x.const_data_ptr<float>();
+  const float* pp = panels.data();
+  float* op = out.mutable_data_ptr<float>();
   const OutStrides os = out_strides(out);
   const int64_t hw = g.Ho * g.Wo;
-  at::parallel_for(0, nchunks, 1, [&](int64_t begin, int64_t end) {
-    // One set of buffers per thread range (at::parallel_for calls this once per thread).
-    at::Tensor cols = at::empty({rows, g.row_len()}, x.options());
-    at::Tensor res = at::empty({rows, g.Og}, x.options());
-    for (int64_t c = begin; c < end; ++c) {
-      const int64_t r0 = c * rows;
-      const int64_t nr = std::min(rows, M - r0);
-      at::Tensor cols_v = cols.narrow(0, 0, nr);
-      at::Tensor res_v = res.narrow(0, 0, nr);
+  const std::vector<WorkRange> units =
+      work_units(pos, g.N * hw, g.O, g.O + taps * g.Cg * g.O / 8);
+  struct Scratch {
+    std::vector<float> zeros;
+    std::vector<const float*> a;
+    std::vector<float*> base, dst;
+  };
+  const auto make_scratch = [&] {
+    Scratch s;
+    s.zeros.assign(static_cast<size_t>(g.Cg), 0.f);
+    s.a.resize(static_cast<size_t>(chunk * taps));
+    s.base.resize(static_cast<size_t>(chunk));
+    s.dst.resize(static_cast<size_t>(chunk));
+    return s;
+  };
+  run_units(static_cast<int64_t>(units.size()), make_scratch, [&](Scratch& s, int64_t u) {
+    const WorkRange& wr = units[u];
+    zero_inactive(op, os, g, pos, wr);
+    const float* zeros = s.zeros.data();
+    for (int64_t r0 = wr.a0; r0 < wr.a1; r0 += chunk) {
+      const int64_t nr = std::min(chunk, wr.a1 - r0);
+      const int64_t nr_pad = (nr + R - 1) / R * R;
       for (int64_t grp = 0; grp < g.G; ++grp) {
-        gather_rows<scalar_t>(xp, g, pos.data() + r0, nr, grp, cols.mutable_data_ptr<scalar_t>());
-        at::mm_out(res_v, cols_v, wpack[grp]);
-        const scalar_t* rp = res.const_data_ptr<scalar_t>();
-        for (int64_t r = 0; r < nr; ++r) {
+        // Tap pointers of the chunk (padding taps and padding rows read zeros).
+        for (int64_t r = 0; r < nr_pad; ++r) {
+          const float** ar = s.a.data() + r * taps;
+          if (r >= nr) {
+            std::fill(ar, ar + taps, zeros);
+            s.base[r] = nullptr;
+            continue;
+          }
           const int64_t idx = pos[r0 + r];
           const int64_t n = idx / hw, rem = idx % hw;
-          scalar_t* dst = op + n * os.n + (rem / g.Wo) * os.y + (rem % g.Wo) * os.x +
-                          grp * g.Og * os.c;
-          const scalar_t* src = rp + r * g.Og;
-          const scalar_t* b = bias ? bias + grp * g.Og : nullptr;
-          if (os.c == 1) {
-            if (b) {
-              for (int64_t o = 0; o < g.Og; ++o) dst[o] = src[o] + b[o];
-            } else {
-              std::memcpy(dst, src, sizeof(scalar_t) * g.Og);
+          const int64_t oy = rem / g.Wo, ox = rem % g.Wo;
+          const int64_t iy0 = oy * g.sh - g.ph, ix0 = ox * g.sw - g.pw;
+          const float* img = xp + n * g.H * g.W * g.C + grp * g.Cg;
+          for (int64_t ky = 0; ky < g.kh; ++ky) {
+            const int64_t iy = iy0 + ky * g.dh;
+            for (int64_t kx = 0; kx < g.kw; ++kx) {
+              const int64_t ix = ix0 + kx * g.dw;
+              const bool inside = iy >= 0 && iy < g.H && ix >= 0 && ix < g.W;
+              ar[ky * g.kw + kx] = inside ? img + (iy * g.W + ix) * g.C : zeros;
             }
-          } else {
-            for (int64_t o = 0; o < g.Og; ++o) dst[o * os.c] = src[o] + (b ? b[o] : scalar_t(0));
+          }
+          s.base[r] = op + n * os.n + oy * os.y + ox * os.x + grp * g.Og * os.c;
+        }
+        // Block-outer, tile-inner: a weight block is reused by all tiles of the chunk.
+        for (int64_t nb = 0; nb < nblocks; ++nb) {
+          const int64_t c0 = nb * cpu::kBlockCols;
+          const int64_t nc = std::min<int64_t>(cpu::kBlockCols, g.Og - c0);
+          const float* panel = pp + (grp * nblocks + nb) * taps * g.Cg * cpu::kBlockCols;
+          const float* bp = bias_pad.data() + (grp * nblocks + nb) * cpu::kBlockCols;
+          for (int64_t r = 0; r < nr_pad; ++r) {
+            s.dst[r] = s.base[r] ? s.base[r] + c0 * os.c : nullptr;
+          }
+          for (int64_t t0 = 0; t0 < nr_pad; t0 += R) {
+            const float* const* next = t0 + R < nr_pad ? s.a.data() + (t0 + R) * taps : nullptr;
+            cpu::implicit_gemm_tile(s.a.data() + t0 * taps, taps, g.Cg, panel, bp, nc,
+                                    s.dst.data() + t0, os.c, next);
           }
         }
       }
@@ -242,46 +445,136 @@ void forward_general(const at::Tensor& x, const at::Tensor& wpack, const scalar_
   });
 }
 
-// Depthwise: out[c] = b[c] + sum_taps w[tap, c] * x[tap pixel, c], vectorised over channels.
+// Portable forward (float64, or CPUs without AVX-512): gather NHWC im2col rows of a chunk,
+// at::mm_out against the packed weight, scatter. The chunks run one after another on the calling
+// thread and each GEMM uses the BLAS's own threads: calling MKL inside at::parallel_for nests
+// OpenMP teams (PyTorch disables MKL's dynamic threading), which oversubscribes the cores.
+template <typename scalar_t>
+void forward_general(const at::Tensor& x, const at::Tensor& wpack, const scalar_t* bias,
+                     const Geometry& g, const std::vector<int64_t>& pos, at::Tensor& out) {
+  const int64_t M = static_cast<int64_t>(pos.size());
+  const int64_t rows = chunk_rows(g, sizeof(scalar_t));
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  const OutStrides os = out_strides(out);
+  const int64_t hw = g.Ho * g.Wo;
+  at::Tensor cols = at::empty({rows, g.row_len()}, x.options());
+  at::Tensor res = at::empty({rows, g.Og}, x.options());
+  for (int64_t r0 = 0; r0 < M; r0 += rows) {
+    const int64_t nr = std::min(rows, M - r0);
+    at::Tensor cols_v = cols.narrow(0, 0, nr);
+    at::Tensor res_v = res.narrow(0, 0, nr);
+    for (int64_t grp = 0; grp < g.G; ++grp) {
+      gather_rows<scalar_t>(xp, g, pos.data() + r0, nr, grp, cols.mutable_data_ptr<scalar_t>());
+      at::mm_out(res_v, cols_v, wpack[grp]);
+      const scalar_t* rp = res.const_data_ptr<scalar_t>();
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t idx = pos[r0 + r];
+        const int64_t n = idx / hw, rem = idx % hw;
+        scalar_t* dst =
+            op + n * os.n + (rem / g.Wo) * os.y + (rem % g.Wo) * os.x + grp * g.Og * os.c;
+        const scalar_t* src = rp + r * g.Og;
+        const scalar_t* b = bias ? bias + grp * g.Og : nullptr;
+        for (int64_t o = 0; o < g.Og; ++o) dst[o * os.c] = src[o] + (b ? b[o] : scalar_t(0));
+      }
+    }
+  }
+}
+
+// Depthwise, one active pixel: dst[c] = b[c] + sum_t w[t, c] * src[t][c] (src[t] == nullptr
+// for taps in the padding), 16 channels at a time kept in a local accumulator so that the whole
+// tap loop runs in registers.
+#define DL_LIB_DEFINE_DW_PIXEL(T)                                                           \
+  DL_LIB_CLONES void dw_pixel(T* __restrict__ dst, int64_t dst_cstride,                     \
+                              const T* const* __restrict__ src, const T* __restrict__ w,    \
+                              const T* __restrict__ bias, int64_t taps, int64_t C) {        \
+    constexpr int64_t B = 16;                                                               \
+    for (int64_t c0 = 0; c0 < C; c0 += B) {                                                 \
+      const int64_t nc = std::min(B, C - c0);                                               \
+      T acc[B];                                                                             \
+      if (nc == B) {                                                                        \
+        for (int64_t j = 0; j < B; ++j) acc[j] = bias ? bias[c0 + j] : T(0);                \
+        for (int64_t t = 0; t < taps; ++t) {                                                \
+          if (!src[t]) continue;                                                            \
+          const T* s = src[t] + c0;                                                         \
+          const T* wt = w + t * C + c0;                                                     \
+          for (int64_t j = 0; j < B; ++j) acc[j] += s[j] * wt[j];                           \
+        }                                                                                   \
+      } else {                                                                              \
+        for (int64_t j = 0; j < nc; ++j) acc[j] = bias ? bias[c0 + j] : T(0);               \
+        for (int64_t t = 0; t < taps; ++t) {                                                \
+          if (!src[t]) continue;                                                            \
+          for (int64_t j = 0; j < nc; ++j) acc[j] += src[t][c0 + j] * w[t * C + c0 + j];    \
+        }                                                                                   \
+      }                                                                                     \
+      if (dst_cstride == 1) {                                                               \
+        for (int64_t j = 0; j < nc; ++j) dst[c0 + j] = acc[j];                              \
+      } else {                                                                              \
+        for (int64_t j = 0; j < nc; ++j) dst[(c0 + j) * dst_cstride] = acc[j];              \
+      }                                                                                     \
+    }                                                                                       \
+  }
+DL_LIB_DEFINE_DW_PIXEL(float)
+DL_LIB_DEFINE_DW_PIXEL(double)
+#undef DL_LIB_DEFINE_DW_PIXEL
+
+// Depthwise: each thread walks its range of output positions, computing the active pixels
+// (vectorised over channels, NHWC input) and zeroing the rest, so the output is written once.
 template <typename scalar_t>
 void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_t* bias,
                        const Geometry& g, const std::vector<int64_t>& pos, at::Tensor& out) {
-  const int64_t M = static_cast<int64_t>(pos.size());
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const scalar_t* wp = wdw.const_data_ptr<scalar_t>();  // [taps, C]
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   const OutStrides os = out_strides(out);
   const int64_t hw = g.Ho * g.Wo;
-  const int64_t C = g.C;
-  at::parallel_for(0, M, 64, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> acc_buf(static_cast<size_t>(C));
-    scalar_t* acc = acc_buf.data();
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t idx = pos[i];
-      const int64_t n = idx / hw, rem = idx % hw;
-      const int64_t oy = rem / g.Wo, ox = rem % g.Wo;
-      const int64_t iy0 = oy * g.sh - g.ph, ix0 = ox * g.sw - g.pw;
-      scalar_t* dst = op + n * os.n + oy * os.y + ox * os.x;
-      // Accumulate straight into the NHWC output row when it is contiguous over channels.
-      scalar_t* a = os.c == 1 ? dst : acc;
-      if (bias) {
-        std::memcpy(a, bias, sizeof(scalar_t) * C);
-      } else {
-        std::memset(a, 0, sizeof(scalar_t) * C);
+  const int64_t C = g.C, taps = g.taps();
+  const bool use_avx512 = cpu::implicit_gemm_available();
+  const std::vector<WorkRange> units = work_units(pos, g.N * hw, C, C + taps * C / 2);
+  // Tap pointers of active pixel i (nullptr in the padding).
+  const auto taps_of = [&](int64_t i, const scalar_t** src) -> scalar_t* {
+    const int64_t idx = pos[i];
+    const int64_t n = idx / hw, rem = idx % hw;
+    const int64_t oy = rem / g.Wo, ox = rem % g.Wo;
+    const int64_t iy0 = oy * g.sh - g.ph, ix0 = ox * g.sw - g.pw;
+    const scalar_t* img = xp + n * g.H * g.W * C;
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      const int64_t iy = iy0 + ky * g.dh;
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        const int64_t ix = ix0 + kx * g.dw;
+        const bool inside = iy >= 0 && iy < g.H && ix >= 0 && ix < g.W;
+        src[ky * g.kw + kx] = inside ? img + (iy * g.W + ix) * C : nullptr;
       }
-      const scalar_t* img = xp + n * g.H * g.W * C;
-      for (int64_t ky = 0; ky < g.kh; ++ky) {
-        const int64_t iy = iy0 + ky * g.dh;
-        if (iy < 0 || iy >= g.H) continue;
-        for (int64_t kx = 0; kx < g.kw; ++kx) {
-          const int64_t ix = ix0 + kx * g.dw;
-          if (ix < 0 || ix >= g.W) continue;
-          row_fma(a, img + (iy * g.W + ix) * C, wp + (ky * g.kw + kx) * C, C);
+    }
+    return op + n * os.n + oy * os.y + ox * os.x;
+  };
+  // The work per pixel is tiny, so it waits on memory: the taps of scattered pixels are short
+  // runs the hardware prefetchers miss. Prefetch the taps of the pixel kAhead positions on.
+  constexpr int64_t kAhead = 4;
+  const int64_t line_elems = 64 / static_cast<int64_t>(sizeof(scalar_t));
+  const auto make_src = [&] { return std::vector<const scalar_t*>(static_cast<size_t>(2 * taps)); };
+  run_units(static_cast<int64_t>(units.size()), make_src,
+            [&](std::vector<const scalar_t*>& src, int64_t u) {
+    const WorkRange& wr = units[u];
+    zero_inactive(op, os, g, pos, wr);
+    const scalar_t** cur = src.data();
+    const scalar_t** ahead = src.data() + taps;
+    for (int64_t i = wr.a0; i < wr.a1; ++i) {
+      if (i + kAhead < wr.a1) {
+        taps_of(i + kAhead, ahead);
+        for (int64_t t = 0; t < taps; ++t) {
+          if (ahead[t] == nullptr) continue;
+          for (int64_t c = 0; c < C; c += line_elems) __builtin_prefetch(ahead[t] + c);
         }
       }
-      if (os.c != 1) {
-        for (int64_t c = 0; c < C; ++c) dst[c * os.c] = acc[c];
+      scalar_t* dst = taps_of(i, cur);
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (use_avx512) {
+          cpu::depthwise_pixel(dst, os.c, cur, wp, bias, taps, C);
+          continue;
+        }
       }
+      dw_pixel(dst, os.c, cur, wp, bias, taps, C);
     }
   });
 }
@@ -303,17 +596,26 @@ at::Tensor masked_conv2d_forward_cpu_impl(
   }
   // The output takes the input's memory format: NHWC output makes the scatter contiguous.
   const auto fmt = input.suggest_memory_format();
-  // (at::zeros ignores a memory format given in the options, hence empty + zero_.)
-  at::Tensor out = at::empty({g.N, g.O, g.Ho, g.Wo}, input.options(), fmt).zero_();
+  // Allocated uninitialised: the depthwise and implicit-GEMM kernels write every position once
+  // (computed or zero); the other paths zero it first.
+  at::Tensor out = at::empty({g.N, g.O, g.Ho, g.Wo}, input.options(), fmt);
   const std::vector<int64_t> pos = active_positions(mask);
-  if (pos.empty() || out.numel() == 0) return out;
+  if (pos.empty() || out.numel() == 0) return out.zero_();
+  // The kernels read NHWC. A contiguous (NCHW) input costs one transposing copy here, about as
+  // long as the sparse compute at d = 0.1: channels_last inputs are the fast path.
   const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  if (!g.depthwise() && input.scalar_type() == at::kFloat && cpu::implicit_gemm_available()) {
+    forward_implicit_gemm(x, weight, b.defined() ? b.const_data_ptr<float>() : nullptr, g, pos,
+                          out);
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "masked_conv2d_forward_cpu", [&] {
     const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
     if (g.depthwise()) {
       const at::Tensor wdw = weight.reshape({g.C, g.taps()}).t().contiguous();
       forward_depthwise<scalar_t>(x, wdw, bp, g, pos, out);
     } else {
+      out.zero_();
       forward_general<scalar_t>(x, pack_weight(weight, g), bp, g, pos, out);
     }
   });

@@ -1,0 +1,54 @@
+// Register-blocked float32 micro-kernel of the CPU masked convolution ("implicit GEMM").
+//
+// A tile of kTileRows active output pixels x up to kBlockCols output channels of one group is
+//   out[r][o] = bias[o] + sum_{t < taps} sum_{c < cg} a[r * taps + t][c] * panel[t * cg + c][o]
+// where a[r * taps + t] points straight at the cg input channels that tap t of pixel r reads in
+// the NHWC input (or at a buffer of zeros for taps in the padding). Reading the taps in place
+// removes the im2col buffer of the gather + GEMM dataflow, and the kernel never calls a BLAS, so
+// it can run inside at::parallel_for without nesting OpenMP teams (MKL's sgemm opens a nested
+// team of its own inside a parallel region, since PyTorch turns MKL's dynamic threading off; on
+// a loaded machine those spinning teams made the kernel 10-50x slower).
+#pragma once
+
+#include <cstdint>
+
+namespace dl_lib {
+namespace ops {
+namespace cpu {
+
+constexpr int kTileRows = 6;     // 6 pixels x 4 vectors of 16 lanes = 24 accumulator registers
+constexpr int kBlockCols = 64;  // output channels per weight panel block
+
+// True when this CPU can run implicit_gemm_tile (AVX-512F, checked once at run time).
+bool implicit_gemm_available();
+
+// Columns of the packed panel for a block holding `ncols` (<= kBlockCols) output channels: the
+// block is zero-padded to whole 16-lane vectors.
+inline int64_t panel_width(int64_t ncols) { return (ncols + 15) / 16 * 16; }
+
+// One tile (see above).
+//   a:       kTileRows * taps pointers (row-major [r][t]), each to cg contiguous floats
+//   panel:   [taps * cg, panel_width(ncols)] row-major packed weights of this block
+//   bias:    panel_width(ncols) floats (zeros where there is no bias)
+//   dst:     kTileRows pointers to the first output channel of the block for each pixel, or
+//            nullptr for a padding row whose result is dropped
+//   dst_cstride: distance between consecutive output channels (1 for NHWC, Ho*Wo for NCHW)
+//   next:    the `a` of the tile computed next (prefetched into L1 meanwhile), or nullptr
+void implicit_gemm_tile(const float* const* a, int64_t taps, int64_t cg, const float* panel,
+                        const float* bias, int64_t ncols, float* const* dst, int64_t dst_cstride,
+                        const float* const* next);
+
+// Depthwise, one active pixel (same CPU requirement as implicit_gemm_tile):
+//   dst[c * dst_cstride] = bias[c] + sum_t w[t * C + c] * src[t][c]
+// src[t] == nullptr skips a tap in the padding; bias may be nullptr.
+void depthwise_pixel(float* dst, int64_t dst_cstride, const float* const* src, const float* w,
+                     const float* bias, int64_t taps, int64_t C);
+
+// Writes n zeros at p with non-temporal stores (no read-for-ownership of the lines); call
+// stream_fence() before other threads may read them.
+void zero_stream(float* p, int64_t n);
+void stream_fence();
+
+}  // namespace cpu
+}  // namespace ops
+}  // namespace dl_lib
