@@ -44,7 +44,12 @@ def masked_conv2d_dense(input: torch.Tensor, weight: torch.Tensor, bias: Optiona
                         dilation: IntPair = 1, groups: int = 1) -> torch.Tensor:
     """Dense convolution, then zero the inactive outputs (costs a full dense conv)."""
     y = F.conv2d(input, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups)
-    return y * mask.to(dtype=y.dtype)
+    # This is also the dense fallback of MaskedConv2d, which must cost no more than F.conv2d:
+    # multiply in place (conv2d's backward does not need its output), and on CPU skip the pass
+    # entirely for an all-active mask (on CUDA the check would synchronise with the host).
+    if y.device.type == "cpu" and bool(mask.all()):
+        return y
+    return y.mul_(mask.to(dtype=y.dtype))
 
 
 def masked_conv2d_gather(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
