@@ -370,8 +370,10 @@ class DefaultTrainer(SimpleTrainer):
                 results[name] = res or {}
                 logger.info(f"Evaluation results for {name}:\n{_format_results(res or {})}")
                 if cfg.TEST.VIS_NUM_IMAGES > 0:
-                    write_panels(cfg, _unwrap(model), name, os.path.join(cfg.OUTPUT_DIR, "inference", name),
-                                 cfg.TEST.VIS_NUM_IMAGES)
+                    # OUTPUT_DIR/vis/ for the usual single test set; one folder per set otherwise.
+                    vis_root = (cfg.OUTPUT_DIR if len(names) == 1
+                                else os.path.join(cfg.OUTPUT_DIR, "inference", name))
+                    write_panels(cfg, _unwrap(model), name, vis_root, cfg.TEST.VIS_NUM_IMAGES)
         if not comm.is_main_process():
             return {}
         path = os.path.join(cfg.OUTPUT_DIR, "results.json")

@@ -1,0 +1,3 @@
+from .fpn_head import ConvNormAct, FPNHead
+
+__all__ = ["ConvNormAct", "FPNHead"]

@@ -1,0 +1,102 @@
+"""``make demo``: train the Quickstart playground from scratch on CPU and show what it learned.
+
+Steps: generate the embedded street scenes if missing (``synthetic_cityscapes_{train,val}``),
+run the real ``dl_train --num-gpus 1`` inside ``playground/Quickstart/<Name>`` (a subprocess, as a
+user would), then print the per-class IoU table, the mIoU, where the image | ground truth |
+prediction panels are, and the elapsed time. Exits non-zero when training or evaluation fails.
+
+    .venv/bin/python tools/demo.py [--playground DIR] [KEY VALUE ...]
+
+``KEY VALUE`` pairs are passed to ``dl_train`` (e.g. ``SOLVER.LR_SCHEDULER.MAX_ITER 20`` for a smoke
+run). Outputs go to ``$DL_OUTPUT_ROOT/Quickstart/<Name>`` (default ``<repo>/output/...``).
+"""
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_PLAYGROUND = os.path.join(REPO, "playground", "Quickstart", "FPN.R18W32.Synthetic")
+
+
+def _train_command():
+    """The installed ``dl_train`` next to this interpreter, else the same entry point via ``-m``."""
+    script = os.path.join(os.path.dirname(sys.executable), "dl_train")
+    if os.path.isfile(script) and os.access(script, os.X_OK):
+        return [script]
+    return [sys.executable, "-m", "dl_lib.tools.train_net"]
+
+
+def _print_table(sem_seg: dict, class_names) -> None:
+    from tabulate import tabulate
+
+    def fmt(v):
+        return "-" if v is None or v != v else f"{v:.1f}"  # None / NaN: class absent
+
+    rows = [(name, fmt(sem_seg.get(f"IoU-{name}")), fmt(sem_seg.get(f"ACC-{name}"))) for name in class_names]
+    print(tabulate(rows, headers=["class", "IoU", "Acc"], tablefmt="github", disable_numparse=True))
+    summary = [(k, fmt(sem_seg.get(k))) for k in ("mIoU", "fwIoU", "mACC", "pACC") if k in sem_seg]
+    print(tabulate(summary, tablefmt="github", disable_numparse=True))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--playground", default=DEFAULT_PLAYGROUND, help="playground folder to train")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
+    args = parser.parse_args(argv)
+    start = time.time()
+
+    from dl_lib import playground
+    from dl_lib.data import MetadataCatalog, ensure_synthetic_cityscapes
+
+    folder = playground.find_playground(args.playground)
+    cfg = playground.load_config(folder, args.opts)
+    print(f"[demo] playground {os.path.relpath(folder, REPO)}; outputs in {cfg.OUTPUT_DIR}", flush=True)
+
+    root = ensure_synthetic_cityscapes()
+    print(f"[demo] street scenes ready in {root} ({time.time() - start:.0f}s)", flush=True)
+
+    # Results of an earlier run must not be mistaken for this one's.
+    results_path = os.path.join(cfg.OUTPUT_DIR, "results.json")
+    if os.path.exists(results_path):
+        os.remove(results_path)
+    for vis in glob.glob(os.path.join(cfg.OUTPUT_DIR, "**", "vis"), recursive=True):
+        shutil.rmtree(vis, ignore_errors=True)
+
+    cmd = _train_command() + ["--num-gpus", "1"] + list(args.opts)
+    print(f"[demo] training: (cd {folder} && {' '.join(cmd)})", flush=True)
+    t_train = time.time()
+    proc = subprocess.run(cmd, cwd=folder)
+    train_s = time.time() - t_train
+    if proc.returncode != 0:
+        print(f"[demo] training failed with exit code {proc.returncode}; see the log above and "
+              f"{cfg.OUTPUT_DIR}/log.txt", file=sys.stderr)
+        return proc.returncode or 1
+    if not os.path.exists(results_path):
+        print(f"[demo] training finished but wrote no {results_path}; was DATASETS.TEST empty?", file=sys.stderr)
+        return 1
+
+    with open(results_path) as f:
+        results = json.load(f)
+    # One test dataset: {"sem_seg": ...}; several: {name: {"sem_seg": ...}}.
+    per_dataset = {cfg.DATASETS.TEST[0]: results} if "sem_seg" in results else results
+    for name, res in per_dataset.items():
+        sem_seg = res.get("sem_seg", {})
+        print(f"\n[demo] {name}: per-class results (%)")
+        _print_table(sem_seg, MetadataCatalog.get(name).stuff_classes)
+        print(f"[demo] mIoU on {name}: {sem_seg.get('mIoU', float('nan')):.1f}")
+    panels = sorted(glob.glob(os.path.join(cfg.OUTPUT_DIR, "**", "vis", "*.png"), recursive=True))
+    if panels:
+        print(f"[demo] {len(panels)} image | ground truth | prediction panels in {os.path.dirname(panels[0])}")
+    else:
+        print("[demo] no panels written (TEST.VIS_NUM_IMAGES is 0?)")
+    print(f"[demo] training + evaluation {train_s:.0f}s; total {time.time() - start:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
