@@ -9,7 +9,8 @@ import torch
 from dl_lib import playground
 from dl_lib.config import ConfigError
 
-from conftest import FIXTURE_PLAYGROUND
+# Not imported from conftest: several conftest.py files share that module name.
+FIXTURE_PLAYGROUND = os.path.join(os.path.dirname(__file__), "fixtures", "playground", "Toy", "Tiny")
 
 
 def _copy_playground(tmp_path, group, name, num_classes):
