@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import warnings
 from collections import OrderedDict
 from typing import List, Optional, Sequence
 
@@ -187,7 +188,12 @@ def create_ddp_model(model: torch.nn.Module, cfg: CfgNode) -> torch.nn.Module:
     device = next(model.parameters()).device
     if device.type == "cuda":
         kwargs["device_ids"] = [device.index if device.index is not None else comm.get_local_rank()]
-    return DistributedDataParallel(model, **kwargs)
+    with warnings.catch_warnings():
+        # torch >= 2.14 deprecates broadcast_buffers in favour of forward_sync_buffers, whose
+        # False still syncs at init; its own message says to keep broadcast_buffers=False until
+        # init_sync_buffers exists, which is what rank-local BN statistics need.
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return DistributedDataParallel(model, **kwargs)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
