@@ -110,6 +110,24 @@ __device__ __forceinline__ void decode_position(int pos, const Geom& g, int& n, 
   ox = rem - oy * static_cast<int>(g.Wo);
 }
 
+// Threads 0..tile-1 decode active positions p0 .. p0+tile-1 into the block's shared arrays;
+// slots at or past `end` get n = -1 so the tile's tail is skipped. The caller synchronises.
+__device__ __forceinline__ void decode_tile_positions(const int* __restrict__ idx, int64_t p0,
+                                                      int64_t end, int tile, const Geom& g,
+                                                      int* s_n, int* s_oy, int* s_ox) {
+  const int tid = threadIdx.x;
+  if (tid < tile) {
+    const int64_t p = p0 + tid;
+    if (p < end) {
+      decode_position(idx[p], g, s_n[tid], s_oy[tid], s_ox[tid]);
+    } else {
+      s_n[tid] = -1;
+      s_oy[tid] = 0;
+      s_ox[tid] = 0;
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Active list: idx[scan[i] - 1] = i for every active i, count = scan[P - 1].
 
@@ -154,16 +172,7 @@ __global__ void __launch_bounds__(kThreads) masked_conv_fwd_gemm_kernel(
   const int tx = tid % 16;
   const int ty = tid / 16;
 
-  if (tid < kFwdP) {
-    const int p = p0 + tid;
-    if (p < cnt) {
-      decode_position(idx[p], g, s_n[tid], s_oy[tid], s_ox[tid]);
-    } else {
-      s_n[tid] = -1;
-      s_oy[tid] = 0;
-      s_ox[tid] = 0;
-    }
-  }
+  decode_tile_positions(idx, p0, cnt, kFwdP, g, s_n, s_oy, s_ox);
   __syncthreads();
 
   acc_t acc[2][4];
@@ -321,16 +330,7 @@ __global__ void __launch_bounds__(kThreads) masked_conv_bwd_input_gemm_kernel(
   const int tx = tid % 16;
   const int ty = tid / 16;
 
-  if (tid < kGiP) {
-    const int p = p0 + tid;
-    if (p < cnt) {
-      decode_position(idx[p], g, s_n[tid], s_oy[tid], s_ox[tid]);
-    } else {
-      s_n[tid] = -1;
-      s_oy[tid] = 0;
-      s_ox[tid] = 0;
-    }
-  }
+  decode_tile_positions(idx, p0, cnt, kGiP, g, s_n, s_oy, s_ox);
   __syncthreads();
 
   acc_t acc[2][2];
@@ -449,16 +449,7 @@ __global__ void __launch_bounds__(kThreads) masked_conv_bwd_weight_gemm_kernel(
   }
 
   for (int64_t ps = pstart; ps < pend; ps += kGwP) {
-    if (tid < kGwP) {
-      const int64_t p = ps + tid;
-      if (p < pend) {
-        decode_position(idx[p], g, s_n[tid], s_oy[tid], s_ox[tid]);
-      } else {
-        s_n[tid] = -1;
-        s_oy[tid] = 0;
-        s_ox[tid] = 0;
-      }
-    }
+    decode_tile_positions(idx, ps, pend, kGwP, g, s_n, s_oy, s_ox);
     __syncthreads();
 #pragma unroll
     for (int r = 0; r < (kGwP * kGwK) / kThreads; ++r) {
