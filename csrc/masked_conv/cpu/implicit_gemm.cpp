@@ -1,10 +1,10 @@
 // AVX-512 implementation of the implicit-GEMM tile (see implicit_gemm.h).
 //
 // setup.py compiles for the baseline x86-64 ISA, so the kernel is compiled for AVX-512F through a
-// function attribute and only called after a run-time CPU check. Register blocking: 6 pixels x
+// function attribute and only called after a run-time CPU check. Register blocking: R pixels x
 // NV vectors of 16 output channels stay in registers for the whole reduction (taps x channels);
 // per input channel the kernel loads NV weight vectors and broadcasts one input value per pixel,
-// i.e. 6*NV FMAs for NV + 6 loads, so for NV = 4 it is FMA-bound with the panel streaming from L2.
+// i.e. R*NV FMAs for NV + R loads, so it is FMA-bound with the panel streaming from L2.
 #include "masked_conv/cpu/implicit_gemm.h"
 
 #include <cstdint>
@@ -24,32 +24,29 @@ namespace cpu {
 
 namespace {
 
-template <int NV>
+template <int NV, int R>
 __attribute__((target("avx512f"))) void tile_nv(const float* const* a, int64_t taps, int64_t cg,
                                                 const float* panel, const float* bias,
                                                 int64_t ncols, float* const* dst,
                                                 int64_t dst_cstride, const float* const* next) {
-  constexpr int R = kTileRows;
+  static_assert(R * NV <= 24 && R <= kMaxTileRows, "accumulators must fit in registers");
   constexpr int64_t ld = 16 * NV;  // panel row length
   __m512 acc[R][NV];
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
     const __m512 b = _mm512_loadu_ps(bias + 16 * v);
-#pragma GCC unroll 6
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r][v] = b;
   }
   for (int64_t t = 0; t < taps; ++t) {
-    const float* a0 = a[0 * taps + t];
-    const float* a1 = a[1 * taps + t];
-    const float* a2 = a[2 * taps + t];
-    const float* a3 = a[3 * taps + t];
-    const float* a4 = a[4 * taps + t];
-    const float* a5 = a[5 * taps + t];
+    const float* ar[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) ar[r] = a[r * taps + t];
     const float* w = panel + t * cg * ld;
     if (next != nullptr) {
       // The taps of scattered active pixels are short runs at unrelated addresses that the
       // hardware prefetchers do not follow; fetch the next tile's tap t while this one computes.
-#pragma GCC unroll 6
+#pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const char* p = reinterpret_cast<const char*>(next[r * taps + t]);
         for (int64_t off = 0; off < cg * 4; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
@@ -59,20 +56,15 @@ __attribute__((target("avx512f"))) void tile_nv(const float* const* a, int64_t t
       __m512 wv[NV];
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(w + 16 * v);
-      const __m512 x0 = _mm512_set1_ps(a0[c]);
-      const __m512 x1 = _mm512_set1_ps(a1[c]);
-      const __m512 x2 = _mm512_set1_ps(a2[c]);
-      const __m512 x3 = _mm512_set1_ps(a3[c]);
-      const __m512 x4 = _mm512_set1_ps(a4[c]);
-      const __m512 x5 = _mm512_set1_ps(a5[c]);
+      // One broadcast at a time, consumed at once: broadcasting all R inputs first (as an
+      // earlier version did) needs R + NV + R*NV > 32 live registers for R=6, NV=4, and GCC
+      // then kept two accumulators on the stack (an FMA with a memory operand and a store per
+      // iteration), running at about half of the FMA peak.
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m512 x = _mm512_set1_ps(ar[r][c]);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
-        acc[0][v] = _mm512_fmadd_ps(x0, wv[v], acc[0][v]);
-        acc[1][v] = _mm512_fmadd_ps(x1, wv[v], acc[1][v]);
-        acc[2][v] = _mm512_fmadd_ps(x2, wv[v], acc[2][v]);
-        acc[3][v] = _mm512_fmadd_ps(x3, wv[v], acc[3][v]);
-        acc[4][v] = _mm512_fmadd_ps(x4, wv[v], acc[4][v]);
-        acc[5][v] = _mm512_fmadd_ps(x5, wv[v], acc[5][v]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(x, wv[v], acc[r][v]);
       }
     }
   }
@@ -80,7 +72,7 @@ __attribute__((target("avx512f"))) void tile_nv(const float* const* a, int64_t t
   const int64_t tail = ncols - 16 * (NV - 1);
   const __mmask16 last = static_cast<__mmask16>((1u << tail) - 1u);
   if (dst_cstride == 1) {
-#pragma GCC unroll 6
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       if (dst[r] == nullptr) continue;
 #pragma GCC unroll 4
@@ -90,7 +82,7 @@ __attribute__((target("avx512f"))) void tile_nv(const float* const* a, int64_t t
   } else {
     // NCHW output: channels are Ho*Wo apart, so spill the tile and store element-wise.
     alignas(64) float tmp[R][ld];
-#pragma GCC unroll 6
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) _mm512_store_ps(&tmp[r][16 * v], acc[r][v]);
@@ -106,11 +98,35 @@ __attribute__((target("avx512f"))) void tile_nv(const float* const* a, int64_t t
 
 // Written with intrinsics: GCC's auto-vectorised version of this loop (a generic 16-lane
 // accumulator array) came out as scalar moves through the stack and ran ~5x slower.
+// 64 channels (4 independent accumulators) per pass over the taps: with one 16-lane accumulator
+// the taps form a chain of dependent FMAs (4 cycles each) that bounded the loop by latency.
 __attribute__((target("avx512f"))) void depthwise_pixel(float* dst, int64_t dst_cstride,
                                                         const float* const* src, const float* w,
                                                         const float* bias, int64_t taps,
                                                         int64_t C) {
-  for (int64_t c0 = 0; c0 < C; c0 += 16) {
+  int64_t c0 = 0;
+  if (dst_cstride == 1) {
+    for (; c0 + 64 <= C; c0 += 64) {
+      __m512 acc[4];
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) {
+        acc[v] = bias ? _mm512_loadu_ps(bias + c0 + 16 * v) : _mm512_setzero_ps();
+      }
+      for (int64_t t = 0; t < taps; ++t) {
+        const float* s = src[t];
+        if (s == nullptr) continue;
+        const float* wt = w + t * C + c0;
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+          acc[v] = _mm512_fmadd_ps(_mm512_loadu_ps(s + c0 + 16 * v), _mm512_loadu_ps(wt + 16 * v),
+                                   acc[v]);
+        }
+      }
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) _mm512_storeu_ps(dst + c0 + 16 * v, acc[v]);
+    }
+  }
+  for (; c0 < C; c0 += 16) {
     const int64_t nc = C - c0 < 16 ? C - c0 : 16;
     const __mmask16 m = static_cast<__mmask16>((1u << nc) - 1u);
     __m512 acc = bias ? _mm512_maskz_loadu_ps(m, bias + c0) : _mm512_setzero_ps();
@@ -126,6 +142,39 @@ __attribute__((target("avx512f"))) void depthwise_pixel(float* dst, int64_t dst_
       _mm512_store_ps(tmp, acc);
       for (int64_t j = 0; j < nc; ++j) dst[(c0 + j) * dst_cstride] = tmp[j];
     }
+  }
+}
+
+__attribute__((target("avx512f"))) void depthwise_run3x3(float* dst, int64_t dst_pstride,
+                                                         const float* const* rows,
+                                                         int64_t src_pstride, const float* w,
+                                                         const float* bias, int64_t C) {
+  constexpr int P = kDepthwiseRun;
+  for (int64_t c0 = 0; c0 < C; c0 += 16) {
+    const int64_t nc = C - c0 < 16 ? C - c0 : 16;
+    const __mmask16 m = static_cast<__mmask16>((1u << nc) - 1u);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + c0) : _mm512_setzero_ps();
+    __m512 acc[P];
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) acc[p] = b;
+    for (int ky = 0; ky < 3; ++ky) {
+      const float* row = rows[ky];
+      if (row == nullptr) continue;
+      const float* wr = w + ky * 3 * C + c0;
+      const __m512 w0 = _mm512_maskz_loadu_ps(m, wr);
+      const __m512 w1 = _mm512_maskz_loadu_ps(m, wr + C);
+      const __m512 w2 = _mm512_maskz_loadu_ps(m, wr + 2 * C);
+      // Input column j feeds pixel p through tap kx = j - p.
+#pragma GCC unroll 6
+      for (int j = 0; j < P + 2; ++j) {
+        const __m512 x = _mm512_maskz_loadu_ps(m, row + j * src_pstride + c0);
+        if (j < P) acc[j] = _mm512_fmadd_ps(x, w0, acc[j]);
+        if (j >= 1 && j - 1 < P) acc[j - 1] = _mm512_fmadd_ps(x, w1, acc[j - 1]);
+        if (j >= 2) acc[j - 2] = _mm512_fmadd_ps(x, w2, acc[j - 2]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) _mm512_mask_storeu_ps(dst + p * dst_pstride + c0, m, acc[p]);
   }
 }
 
@@ -151,15 +200,16 @@ bool implicit_gemm_available() {
 void implicit_gemm_tile(const float* const* a, int64_t taps, int64_t cg, const float* panel,
                         const float* bias, int64_t ncols, float* const* dst,
                         int64_t dst_cstride, const float* const* next) {
+  // The row counts must match tile_rows(ncols) in implicit_gemm.h.
   switch ((ncols + 15) / 16) {
     case 1:
-      return tile_nv<1>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next);
+      return tile_nv<1, 8>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next);
     case 2:
-      return tile_nv<2>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next);
+      return tile_nv<2, 8>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next);
     case 3:
-      return tile_nv<3>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next);
+      return tile_nv<3, 8>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next);
     default:
-      return tile_nv<4>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next);
+      return tile_nv<4, 6>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next);
   }
 }
 
@@ -169,6 +219,9 @@ bool implicit_gemm_available() { return false; }
 
 void depthwise_pixel(float*, int64_t, const float* const*, const float*, const float*, int64_t,
                      int64_t) {}
+
+void depthwise_run3x3(float*, int64_t, const float* const*, int64_t, const float*, const float*,
+                      int64_t) {}
 
 void zero_stream(float*, int64_t) {}
 

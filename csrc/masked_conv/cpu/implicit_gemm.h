@@ -1,6 +1,7 @@
 // Register-blocked float32 micro-kernel of the CPU masked convolution ("implicit GEMM").
 //
-// A tile of kTileRows active output pixels x up to kBlockCols output channels of one group is
+// A tile of tile_rows(ncols) active output pixels x up to kBlockCols output channels of one group
+// is
 //   out[r][o] = bias[o] + sum_{t < taps} sum_{c < cg} a[r * taps + t][c] * panel[t * cg + c][o]
 // where a[r * taps + t] points straight at the cg input channels that tap t of pixel r reads in
 // the NHWC input (or at a buffer of zeros for taps in the padding). Reading the taps in place
@@ -16,8 +17,15 @@ namespace dl_lib {
 namespace ops {
 namespace cpu {
 
-constexpr int kTileRows = 6;     // 6 pixels x 4 vectors of 16 lanes = 24 accumulator registers
 constexpr int kBlockCols = 64;  // output channels per weight panel block
+constexpr int kMaxTileRows = 8;  // the most pixels one tile computes (see tile_rows)
+
+// Pixels per tile for a block of `ncols` output channels: 6 x 4 vectors of 16 lanes (64 channels)
+// or 8 x 3 / 8 x 2 / 8 x 1 vectors keep <= 24 accumulators, leaving the other 8 of the 32 zmm
+// registers for the weight vectors and the broadcast input (more rows made GCC spill
+// accumulators to the stack, which halved the throughput). 8 rows is also the most row pointers
+// that stay in general-purpose registers next to the loop's own.
+inline int tile_rows(int64_t ncols) { return ncols > 48 ? 6 : 8; }
 
 // True when this CPU can run implicit_gemm_tile (AVX-512F, checked once at run time).
 bool implicit_gemm_available();
@@ -27,10 +35,10 @@ bool implicit_gemm_available();
 inline int64_t panel_width(int64_t ncols) { return (ncols + 15) / 16 * 16; }
 
 // One tile (see above).
-//   a:       kTileRows * taps pointers (row-major [r][t]), each to cg contiguous floats
+//   a:       tile_rows(ncols) * taps pointers (row-major [r][t]), each to cg contiguous floats
 //   panel:   [taps * cg, panel_width(ncols)] row-major packed weights of this block
 //   bias:    panel_width(ncols) floats (zeros where there is no bias)
-//   dst:     kTileRows pointers to the first output channel of the block for each pixel, or
+//   dst:     tile_rows(ncols) pointers to the first output channel of the block for each pixel, or
 //            nullptr for a padding row whose result is dropped
 //   dst_cstride: distance between consecutive output channels (1 for NHWC, Ho*Wo for NCHW)
 //   next:    the `a` of the tile computed next (prefetched into L1 meanwhile), or nullptr
@@ -43,6 +51,18 @@ void implicit_gemm_tile(const float* const* a, int64_t taps, int64_t cg, const f
 // src[t] == nullptr skips a tap in the padding; bias may be nullptr.
 void depthwise_pixel(float* dst, int64_t dst_cstride, const float* const* src, const float* w,
                      const float* bias, int64_t taps, int64_t C);
+
+// Depthwise 3x3 (stride and dilation 1), four horizontally adjacent active pixels whose taps are
+// all inside the image in x: with kw = 3 each input vector serves up to three of the pixels and
+// each weight vector all four, so a run needs a third of the loads of four depthwise_pixel calls
+// (that kernel was bound by loads from L2, not by FMAs).
+//   dst:  the first pixel's output (NHWC; the next pixels are dst_pstride floats apart)
+//   rows: 3 pointers, row ky's input at the first pixel's left tap, or nullptr for a row in the
+//         padding; the next input pixels are src_pstride floats apart
+//   w:    [9, C] weights, bias: C floats or nullptr
+constexpr int kDepthwiseRun = 4;
+void depthwise_run3x3(float* dst, int64_t dst_pstride, const float* const* rows,
+                      int64_t src_pstride, const float* w, const float* bias, int64_t C);
 
 // Writes n zeros at p with non-temporal stores (no read-for-ownership of the lines); call
 // stream_fence() before other threads may read them.

@@ -7,11 +7,14 @@
 //      parallel region per call (a static split waited on whichever thread the OS had
 //      descheduled), zero the inactive positions of the unit with streaming stores and compute
 //      its active ones, so every output element is written exactly once;
-//   3. active pixels are computed in chunks by the implicit-GEMM tile (implicit_gemm.h): 6 pixels
-//      x 64 output channels in registers, reading each tap straight from the NHWC input against
-//      a weight panel packed per call; no im2col buffer and no BLAS call. Calling MKL from inside
-//      at::parallel_for nests OpenMP teams (PyTorch turns MKL's dynamic threading off), which on
-//      two busy cores made the previous gather + at::mm kernel 10-50x slower.
+//   3. active pixels are computed in chunks by the implicit-GEMM tile (implicit_gemm.h): 6-8
+//      pixels x 64 output channels in registers, reading each tap straight from the NHWC input
+//      against weight panels packed once per weight (packed_weight_cache.h); no im2col buffer and
+//      no BLAS call. Calling MKL from inside a parallel region nests OpenMP teams (PyTorch turns
+//      MKL's dynamic threading off), which on two busy cores made the previous gather + at::mm
+//      kernel 10-50x slower.
+// Parallel regions go through cpu::parallel_team / cpu::parallel_for (parallel.h): the extension
+// is compiled without -fopenmp, where at::parallel_for silently runs serially.
 // Depthwise (Cg == 1, Og == 1) walks the active pixels of each unit with channel-vectorised
 // FMAs, prefetching the taps of the pixel a few positions ahead.
 // float64, or CPUs without AVX-512: gather NHWC im2col rows + at::mm_out, chunks run serially so
@@ -34,6 +37,8 @@
 #include <vector>
 
 #include "masked_conv/cpu/implicit_gemm.h"
+#include "masked_conv/cpu/packed_weight_cache.h"
+#include "masked_conv/cpu/parallel.h"
 #include "masked_conv/masked_conv.h"
 
 namespace dl_lib {
@@ -257,26 +262,36 @@ std::vector<WorkRange> split_work(const std::vector<int64_t>& pos, int64_t total
 // loaded machine one of the two threads is often descheduled for a whole time slice.
 // inactive_cost / active_cost: work per inactive / active output position, in floats written
 // (zeroing) or about 8 FMAs (computing).
+// min_actives: fewest active positions per unit on average (a unit of the implicit GEMM streams
+// the whole weight once, so one-pixel units would read it once per pixel).
 std::vector<WorkRange> work_units(const std::vector<int64_t>& pos, int64_t total,
-                                  int64_t inactive_cost, int64_t active_cost) {
+                                  int64_t inactive_cost, int64_t active_cost,
+                                  int64_t min_actives = 1) {
   const int64_t M = static_cast<int64_t>(pos.size());
   const double work = double(total - M) * double(inactive_cost) + double(M) * double(active_cost);
   const int64_t parts = std::max<int64_t>(
-      1, std::min<int64_t>(16 * at::get_num_threads(), static_cast<int64_t>(work / (1 << 17))));
+      1, std::min({16 * static_cast<int64_t>(at::get_num_threads()),
+                   static_cast<int64_t>(work / (1 << 17)), M / std::max<int64_t>(1, min_actives)}));
   const int64_t ratio = std::max<int64_t>(1, active_cost / std::max<int64_t>(1, inactive_cost));
   return split_work(pos, total, parts, ratio);
 }
 
 // Runs fn(thread_state, unit) for every unit inside one parallel region; threads take the next
 // unit from a shared counter. make_state() builds each thread's scratch buffers once.
+// cpu::parallel_team (not at::parallel_for, which runs serially in this -fopenmp-less build; see
+// parallel.h) so that the forward uses all intra-op threads.
 template <typename MakeState, typename Fn>
 void run_units(int64_t units, const MakeState& make_state, const Fn& fn) {
   std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min<int64_t>(units, at::get_num_threads()), 1,
-                   [&](int64_t, int64_t) {
-                     auto state = make_state();
-                     for (int64_t u = next++; u < units; u = next++) fn(state, u);
-                   });
+  const auto work = [&](int64_t, int64_t) {
+    auto state = make_state();
+    for (int64_t u = next++; u < units; u = next++) fn(state, u);
+  };
+  if (units <= 1) {
+    work(0, 1);  // waking the team would cost more than it saves
+    return;
+  }
+  cpu::parallel_team(work);
 }
 
 // Writes zeros to the output positions in [b, e) (all of them inactive), whose images may differ.
@@ -324,30 +339,33 @@ void zero_inactive(scalar_t* op, const OutStrides& os, const Geometry& g,
 // Weight [O, Cg, kh, kw] -> per group, per block of kBlockCols output channels, a panel
 // [kh*kw*Cg, panel_width] (tap-major, channel-minor rows like an NHWC im2col row; zero-padded
 // columns). Block (grp, nb) starts at (grp * nblocks + nb) * kh*kw*Cg * kBlockCols, all blocks
-// but a group's last being full. Plain loops on purpose: ATen's permute + contiguous would open
-// two more OpenMP regions per call, and each region start/end costs a wake-up and a barrier.
+// but a group's last being full. Plain loops rather than ATen's permute + contiguous, in one
+// parallel region (units of one block x one input channel) since it is on the
+// critical path whenever the weight is not in the packed-weight cache (training, first call).
 std::vector<float> pack_panels(const at::Tensor& weight, const Geometry& g, int64_t nblocks) {
   const at::Tensor wc = weight.contiguous();
   const float* w = wc.const_data_ptr<float>();
   const int64_t taps = g.taps(), K = g.row_len();
   std::vector<float> panels(static_cast<size_t>(g.G * nblocks * K * cpu::kBlockCols), 0.f);
-  for (int64_t grp = 0; grp < g.G; ++grp) {
-    for (int64_t nb = 0; nb < nblocks; ++nb) {
+  const int64_t units = g.G * nblocks * g.Cg;
+  std::atomic<int64_t> next{0};
+  cpu::parallel_team([&](int64_t, int64_t) {
+    for (int64_t u = next++; u < units; u = next++) {
+      const int64_t c = u % g.Cg, blk_idx = u / g.Cg;
+      const int64_t grp = blk_idx / nblocks, nb = blk_idx % nblocks;
       const int64_t o0 = grp * g.Og + nb * cpu::kBlockCols;
       const int64_t nc = std::min<int64_t>(cpu::kBlockCols, g.Og - nb * cpu::kBlockCols);
       const int64_t ld = cpu::panel_width(nc);
-      float* blk = panels.data() + (grp * nblocks + nb) * K * cpu::kBlockCols;
-      // Walks the nc weight rows side by side in memory order (c, tap), so every read stream
-      // is sequential; each (c, tap) fills one panel row.
-      for (int64_t c = 0; c < g.Cg; ++c) {
-        for (int64_t t = 0; t < taps; ++t) {
-          const float* src = w + o0 * K + c * taps + t;
-          float* row = blk + (t * g.Cg + c) * ld;
-          for (int64_t o = 0; o < nc; ++o) row[o] = src[o * K];
-        }
+      float* blk = panels.data() + blk_idx * K * cpu::kBlockCols;
+      // The nc weight rows are read side by side in memory order (tap), so the read streams
+      // are sequential; each (c, tap) fills one panel row.
+      for (int64_t t = 0; t < taps; ++t) {
+        const float* src = w + o0 * K + c * taps + t;
+        float* row = blk + (t * g.Cg + c) * ld;
+        for (int64_t o = 0; o < nc; ++o) row[o] = src[o * K];
       }
     }
-  }
+  });
   return panels;
 }
 
@@ -357,10 +375,13 @@ std::vector<float> pack_panels(const at::Tensor& weight, const Geometry& g, int6
 // inactive positions of its range.
 void forward_implicit_gemm(const at::Tensor& x, const at::Tensor& weight, const float* bias,
                            const Geometry& g, const std::vector<int64_t>& pos, at::Tensor& out) {
-  constexpr int64_t R = cpu::kTileRows;
+  constexpr int64_t RMAX = cpu::kMaxTileRows;
   const int64_t taps = g.taps();
   const int64_t nblocks = (g.Og + cpu::kBlockCols - 1) / cpu::kBlockCols;
-  const std::vector<float> panels = pack_panels(weight, g, nblocks);
+  // Cached across calls while the weight is unchanged (packed_weight_cache.h); `layout` = G, the
+  // only packing parameter that the weight's shape does not fix.
+  const cpu::PackedPanels panels =
+      cpu::packed_weight(weight, g.G, [&] { return pack_panels(weight, g, nblocks); });
   std::vector<float> bias_pad(static_cast<size_t>(g.G * nblocks * cpu::kBlockCols), 0.f);
   if (bias) {
     for (int64_t grp = 0; grp < g.G; ++grp) {
@@ -373,14 +394,24 @@ void forward_implicit_gemm(const at::Tensor& x, const at::Tensor& weight, const 
   // neighbours share taps) about 512 KiB, next to the weight block, in a 1 MiB (Zen 4) L2.
   const int64_t row_bytes = taps * g.Cg * static_cast<int64_t>(sizeof(float));
   const int64_t chunk =
-      std::min<int64_t>(192, std::max<int64_t>(4 * R, (512 << 10) / row_bytes)) / R * R;
+      std::min<int64_t>(192, std::max<int64_t>(4 * RMAX, (512 << 10) / row_bytes));
   const float* xp = x.const_data_ptr<float>();
-  const float* pp = panels.data();
+  const float* pp = panels->data();
   float* op = out.mutable_data_ptr<float>();
   const OutStrides os = out_strides(out);
   const int64_t hw = g.Ho * g.Wo;
-  const std::vector<WorkRange> units =
-      work_units(pos, g.N * hw, g.O, g.O + taps * g.Cg * g.O / 8);
+  // Work units: a range of output positions (work_units) x a range of the output-channel blocks.
+  // Ranges hold >= 4 tiles of active pixels each, so that a weight panel read from L3/DRAM is
+  // used by several tiles; when that leaves too few ranges to keep the threads busy (large
+  // layers at low density: routing_l4_3x3 at d = 0.05 has 26 active pixels and a 9.4 MB weight)
+  // the blocks are split among units instead, so each block's panel is still read only once.
+  // Only the first block range of a position range writes its zeros.
+  const std::vector<WorkRange> ranges =
+      work_units(pos, g.N * hw, g.O, g.O + taps * g.Cg * g.O / 8, 4 * RMAX);
+  const int64_t nranges = static_cast<int64_t>(ranges.size());
+  const int64_t target_units = 8 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t nbsplit =
+      std::min<int64_t>(nblocks, std::max<int64_t>(1, (target_units + nranges - 1) / nranges));
   struct Scratch {
     std::vector<float> zeros;
     std::vector<const float*> a;
@@ -389,18 +420,21 @@ void forward_implicit_gemm(const at::Tensor& x, const at::Tensor& weight, const 
   const auto make_scratch = [&] {
     Scratch s;
     s.zeros.assign(static_cast<size_t>(g.Cg), 0.f);
-    s.a.resize(static_cast<size_t>(chunk * taps));
-    s.base.resize(static_cast<size_t>(chunk));
-    s.dst.resize(static_cast<size_t>(chunk));
+    // A chunk's last tile may run past its pixels by up to RMAX - 1 padding rows.
+    s.a.resize(static_cast<size_t>((chunk + RMAX) * taps));
+    s.base.resize(static_cast<size_t>(chunk + RMAX));
+    s.dst.resize(static_cast<size_t>(chunk + RMAX));
     return s;
   };
-  run_units(static_cast<int64_t>(units.size()), make_scratch, [&](Scratch& s, int64_t u) {
-    const WorkRange& wr = units[u];
-    zero_inactive(op, os, g, pos, wr);
+  run_units(nranges * nbsplit, make_scratch, [&](Scratch& s, int64_t u) {
+    const WorkRange& wr = ranges[u / nbsplit];
+    const int64_t bsplit = u % nbsplit;
+    const int64_t nb0 = nblocks * bsplit / nbsplit, nb1 = nblocks * (bsplit + 1) / nbsplit;
+    if (bsplit == 0) zero_inactive(op, os, g, pos, wr);
     const float* zeros = s.zeros.data();
     for (int64_t r0 = wr.a0; r0 < wr.a1; r0 += chunk) {
       const int64_t nr = std::min(chunk, wr.a1 - r0);
-      const int64_t nr_pad = (nr + R - 1) / R * R;
+      const int64_t nr_pad = nr + RMAX;  // the tiles (of tile_rows(nc) <= RMAX) read up to here
       for (int64_t grp = 0; grp < g.G; ++grp) {
         // Tap pointers of the chunk (padding taps and padding rows read zeros).
         for (int64_t r = 0; r < nr_pad; ++r) {
@@ -426,7 +460,7 @@ void forward_implicit_gemm(const at::Tensor& x, const at::Tensor& weight, const 
           s.base[r] = op + n * os.n + oy * os.y + ox * os.x + grp * g.Og * os.c;
         }
         // Block-outer, tile-inner: a weight block is reused by all tiles of the chunk.
-        for (int64_t nb = 0; nb < nblocks; ++nb) {
+        for (int64_t nb = nb0; nb < nb1; ++nb) {
           const int64_t c0 = nb * cpu::kBlockCols;
           const int64_t nc = std::min<int64_t>(cpu::kBlockCols, g.Og - c0);
           const float* panel = pp + (grp * nblocks + nb) * taps * g.Cg * cpu::kBlockCols;
@@ -434,8 +468,9 @@ void forward_implicit_gemm(const at::Tensor& x, const at::Tensor& weight, const 
           for (int64_t r = 0; r < nr_pad; ++r) {
             s.dst[r] = s.base[r] ? s.base[r] + c0 * os.c : nullptr;
           }
-          for (int64_t t0 = 0; t0 < nr_pad; t0 += R) {
-            const float* const* next = t0 + R < nr_pad ? s.a.data() + (t0 + R) * taps : nullptr;
+          const int64_t R = cpu::tile_rows(nc);
+          for (int64_t t0 = 0; t0 < nr; t0 += R) {
+            const float* const* next = t0 + R < nr ? s.a.data() + (t0 + R) * taps : nullptr;
             cpu::implicit_gemm_tile(s.a.data() + t0 * taps, taps, g.Cg, panel, bp, nc,
                                     s.dst.data() + t0, os.c, next);
           }
@@ -550,31 +585,73 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
   };
   // The work per pixel is tiny, so it waits on memory: the taps of scattered pixels are short
   // runs the hardware prefetchers miss. Prefetch the taps of the pixel kAhead positions on.
+  // The tap pointers of each pixel are computed once, when it is prefetched, into a ring of
+  // kAhead + 1 slots (computing them twice, with two integer divisions each, was a visible part
+  // of the per-pixel cost). When the pixel is the right-hand neighbour of the previous one (runs
+  // of active pixels; stride and dilation 1) only its last tap column is new to the cache, so
+  // only that column is prefetched.
   constexpr int64_t kAhead = 4;
+  constexpr int64_t kSlots = kAhead + 1;
   const int64_t line_elems = 64 / static_cast<int64_t>(sizeof(scalar_t));
-  const auto make_src = [&] { return std::vector<const scalar_t*>(static_cast<size_t>(2 * taps)); };
-  run_units(static_cast<int64_t>(units.size()), make_src,
-            [&](std::vector<const scalar_t*>& src, int64_t u) {
+  const bool unit_step = g.sw == 1 && g.dw == 1;
+  // Runs of kDepthwiseRun adjacent active pixels of a 3x3 layer go through one call that shares
+  // the loads between them (NHWC output; stride and dilation 1 so that neighbours share taps).
+  constexpr int64_t R4 = cpu::kDepthwiseRun;
+  const bool run3x3 = unit_step && g.kh == 3 && g.kw == 3 && g.sh == 1 && g.dh == 1 &&
+                      os.c == 1 && std::is_same_v<scalar_t, float>;
+  struct Ring {
+    std::vector<const scalar_t*> src;
+    std::vector<scalar_t*> dst;
+  };
+  const auto make_ring = [&] {
+    return Ring{std::vector<const scalar_t*>(static_cast<size_t>(kSlots * taps)),
+                std::vector<scalar_t*>(static_cast<size_t>(kSlots))};
+  };
+  run_units(static_cast<int64_t>(units.size()), make_ring, [&](Ring& ring, int64_t u) {
     const WorkRange& wr = units[u];
     zero_inactive(op, os, g, pos, wr);
-    const scalar_t** cur = src.data();
-    const scalar_t** ahead = src.data() + taps;
-    for (int64_t i = wr.a0; i < wr.a1; ++i) {
-      if (i + kAhead < wr.a1) {
-        taps_of(i + kAhead, ahead);
-        for (int64_t t = 0; t < taps; ++t) {
-          if (ahead[t] == nullptr) continue;
-          for (int64_t c = 0; c < C; c += line_elems) __builtin_prefetch(ahead[t] + c);
-        }
+    const auto fill = [&](int64_t i, bool prefetch) {
+      const int64_t slot = (i - wr.a0) % kSlots;
+      const scalar_t** src = ring.src.data() + slot * taps;
+      ring.dst[slot] = taps_of(i, src);
+      if (!prefetch) return;
+      const bool neighbour = unit_step && i > wr.a0 && pos[i] == pos[i - 1] + 1 &&
+                             pos[i] % g.Wo != 0;
+      for (int64_t t = 0; t < taps; ++t) {
+        if (src[t] == nullptr || (neighbour && t % g.kw != g.kw - 1)) continue;
+        for (int64_t c = 0; c < C; c += line_elems) __builtin_prefetch(src[t] + c);
       }
-      scalar_t* dst = taps_of(i, cur);
+    };
+    for (int64_t i = wr.a0; i < std::min(wr.a1, wr.a0 + kAhead); ++i) fill(i, false);
+    for (int64_t i = wr.a0; i < wr.a1;) {
+      if (i + kAhead < wr.a1) fill(i + kAhead, true);
+      const int64_t slot = (i - wr.a0) % kSlots;
+      const scalar_t** cur = ring.src.data() + slot * taps;
+      scalar_t* dst = ring.dst[slot];
       if constexpr (std::is_same_v<scalar_t, float>) {
         if (use_avx512) {
+          if (run3x3 && i + R4 <= wr.a1 && pos[i + R4 - 1] == pos[i] + R4 - 1) {
+            const int64_t ox = pos[i] % g.Wo;
+            // Same output row, and every tap inside the image in x.
+            if (ox + R4 <= g.Wo && ox - g.pw >= 0 && ox + R4 - 1 - g.pw + 2 < g.W) {
+              const float* rows[3] = {cur[0], cur[3], cur[6]};
+              cpu::depthwise_run3x3(dst, os.x, rows, C, wp, bias, C);
+              // Prefetch-fill the pixels the run skipped over (after the run: these overwrite
+              // the ring slots of i .. i + R4 - 2, the run's own included).
+              for (int64_t k = 1; k < R4; ++k) {
+                if (i + k + kAhead < wr.a1) fill(i + k + kAhead, true);
+              }
+              i += R4;
+              continue;
+            }
+          }
           cpu::depthwise_pixel(dst, os.c, cur, wp, bias, taps, C);
+          ++i;
           continue;
         }
       }
       dw_pixel(dst, os.c, cur, wp, bias, taps, C);
+      ++i;
     }
   });
 }
@@ -663,7 +740,7 @@ void reduce_bands(const std::vector<Part>& parts, const std::vector<at::Tensor>&
                   const Geometry& g, at::Tensor& grad_in) {
   scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
   const int64_t row_elems = g.W * g.C;
-  at::parallel_for(0, g.N * g.H, 16, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, g.N * g.H, 16, [&](int64_t begin, int64_t end) {
     for (size_t p = 0; p < parts.size(); ++p) {
       const int64_t lo = std::max(begin, parts[p].row_lo);
       const int64_t hi = std::min(end, parts[p].row_lo + parts[p].rows);
@@ -687,6 +764,9 @@ void backward_general(const at::Tensor& x, const at::Tensor& gy, const at::Tenso
   const scalar_t* gp = gy.const_data_ptr<scalar_t>();
   const int64_t hw = g.Ho * g.Wo;
   const int64_t len = g.row_len();
+  // at::parallel_for on purpose: the parts call MKL (addmm_/mm_out), and MKL inside a real
+  // parallel region nests OpenMP teams (see the top of the file). Without -fopenmp this region
+  // runs the parts one after another and each GEMM uses MKL's own threads.
   at::parallel_for(0, P, 1, [&](int64_t pbegin, int64_t pend) {
     at::Tensor cols = at::empty({rows, len}, x.options());
     at::Tensor grows = at::empty({rows, g.Og}, x.options());
@@ -759,7 +839,8 @@ void backward_depthwise(const at::Tensor& x, const at::Tensor& gy, const at::Ten
   const scalar_t* wp = wdw.const_data_ptr<scalar_t>();
   const int64_t hw = g.Ho * g.Wo;
   const int64_t C = g.C;
-  at::parallel_for(0, P, 1, [&](int64_t pbegin, int64_t pend) {
+  // cpu::parallel_for: really parallel in this build (see parallel.h); no BLAS call inside.
+  cpu::parallel_for(0, P, 1, [&](int64_t pbegin, int64_t pend) {
     for (int64_t p = pbegin; p < pend; ++p) {
       const Part& part = parts[p];
       scalar_t* band = nullptr;
