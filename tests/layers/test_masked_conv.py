@@ -365,3 +365,30 @@ def test_multithreaded_backward_matches_reference(groups, c_out, stride):
             torch.testing.assert_close(got, want)
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.skipif(not dl_lib.has_compiled_ops(), reason="the packed-weight cache is in dl_lib._C")
+def test_packed_weight_cache_sees_every_weight_change():
+    # The CPU kernel caches the packed weight per weight tensor; any change must repack.
+    torch.manual_seed(0)
+    x = torch.randn(1, 64, 12, 12).contiguous(memory_format=torch.channels_last)
+    mask = torch.rand(1, 1, 12, 12) > 0.5
+
+    def check(w):
+        ref = F.conv2d(x, w, None, 1, 1) * mask
+        torch.testing.assert_close(masked_conv2d(x, w, None, mask, 1, 1), ref, rtol=1e-4, atol=1e-4)
+
+    w = torch.randn(64, 64, 3, 3)
+    check(w)
+    with torch.no_grad():
+        w.mul_(-2.0)  # in-place update (an optimizer step): the version counter moves
+    check(w)
+    conv = MaskedConv2d(64, 64, 3, padding=1, bias=False)
+    conv.weight.data = torch.randn(64, 64, 3, 3)  # .data swap: a new storage
+    check(conv.weight.detach())
+    for _ in range(5):  # fresh weights of the same shape, possibly at a reused address
+        check(torch.randn(64, 64, 3, 3))
+    opt = torch.optim.SGD(conv.parameters(), lr=0.5)
+    conv(x, mask).sum().backward()
+    opt.step()
+    check(conv.weight.detach())
