@@ -34,25 +34,22 @@ __all__ = [
 DEFAULT_BREAK_EVEN = 0.5
 
 # BEGIN BREAK_EVEN TABLE
-# Produced by: OMP_NUM_THREADS=2 python /tmp/mcb/bench.py (masked-conv CPU helper's script: dense
-#   F.conv2d and masked_conv2d interleaved, medians, torch.set_num_threads(2), channels_last fp32,
-#   N=1, 128x256 outputs, 64/128/256 ch, random + boundary-band masks, d=0.1/0.25/0.5/0.75/1.0) on
-#   the shared 2-core AMD EPYC (Zen 4) VM; kxk: sparse ~= dense at d=1, so break-even just below;
-#   le32 and cuda rows not re-measured (earlier estimates kept)
+# Produced by: python benchmarks/masked_conv.py --device cpu --threads 2 --write-policy --out
+#   /tmp/bench_commit (float32, 2 threads, fwd break-even, torch 2.14.1+cu130)
 #   on 2026-11-21.
 BREAK_EVEN: Dict[Tuple[str, str, str], float] = {
-    ('1x1', 'gt128', 'cpu'): 0.8,
-    ('1x1', 'le128', 'cpu'): 0.8,
+    ('1x1', 'gt128', 'cpu'): 0.884,
+    ('1x1', 'le128', 'cpu'): 0.829,
     ('1x1', 'le32', 'cpu'): 0.4,
     ('1x1', 'le64', 'cpu'): 0.8,
-    ('depthwise', 'gt128', 'cpu'): 0.75,
-    ('depthwise', 'le128', 'cpu'): 0.8,
+    ('depthwise', 'gt128', 'cpu'): 0.717,
+    ('depthwise', 'le128', 'cpu'): 0.447,
     ('depthwise', 'le32', 'cpu'): 0.2,
     ('depthwise', 'le64', 'cpu'): 0.8,
-    ('kxk', 'gt128', 'cpu'): 0.9,
-    ('kxk', 'le128', 'cpu'): 0.9,
-    ('kxk', 'le32', 'cpu'): 0.5,
-    ('kxk', 'le64', 'cpu'): 0.85,
+    ('kxk', 'gt128', 'cpu'): 0.995,
+    ('kxk', 'le128', 'cpu'): 0.993,
+    ('kxk', 'le32', 'cpu'): 0.734,
+    ('kxk', 'le64', 'cpu'): 0.941,
     ('1x1', 'gt128', 'cuda'): 0.5,
     ('1x1', 'le128', 'cuda'): 0.4,
     ('1x1', 'le32', 'cuda'): 0.2,
