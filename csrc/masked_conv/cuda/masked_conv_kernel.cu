@@ -110,6 +110,28 @@ __device__ __forceinline__ void decode_position(int pos, const Geom& g, int& n, 
   ox = rem - oy * static_cast<int>(g.Wo);
 }
 
+// Column k of the im2col row of output position (n, oy, ox) in group channels [cbase, cbase+Cg):
+// k runs tap-major, channel-minor. Zero in the padding, past K, and for empty slots (n < 0).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t im2col_value(const scalar_t* __restrict__ x, const Strides4& xs,
+                                              const Geom& g, int64_t cbase, int k, int n, int oy,
+                                              int ox) {
+  if (n < 0 || k >= g.K) {
+    return acc_t(0);
+  }
+  const int tap = k / g.Cg;
+  const int ci = k - tap * g.Cg;
+  const int ky = tap / g.kw;
+  const int kx = tap - ky * g.kw;
+  const int iy = oy * g.sh - g.ph + ky * g.dh;
+  const int ix = ox * g.sw - g.pw + kx * g.dw;
+  if (iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) {
+    return acc_t(0);
+  }
+  return static_cast<acc_t>(x[n * xs.n + (cbase + ci) * xs.c + static_cast<int64_t>(iy) * xs.h +
+                              static_cast<int64_t>(ix) * xs.w]);
+}
+
 // Threads 0..tile-1 decode active positions p0 .. p0+tile-1 into the block's shared arrays;
 // slots at or past `end` get n = -1 so the tile's tail is skipped. The caller synchronises.
 __device__ __forceinline__ void decode_tile_positions(const int* __restrict__ idx, int64_t p0,
@@ -196,20 +218,7 @@ __global__ void __launch_bounds__(kThreads) masked_conv_fwd_gemm_kernel(
       const int pl = e / kFwdK;
       const int k = k0 + kl;
       const int n = s_n[pl];
-      acc_t v = acc_t(0);
-      if (k < g.K && n >= 0) {
-        const int tap = k / g.Cg;
-        const int ci = k - tap * g.Cg;
-        const int ky = tap / g.kw;
-        const int kx = tap - ky * g.kw;
-        const int iy = s_oy[pl] * g.sh - g.ph + ky * g.dh;
-        const int ix = s_ox[pl] * g.sw - g.pw + kx * g.dw;
-        if (iy >= 0 && iy < g.H && ix >= 0 && ix < g.W) {
-          v = static_cast<acc_t>(
-              x[n * xs.n + (cbase + ci) * xs.c + static_cast<int64_t>(iy) * xs.h +
-                static_cast<int64_t>(ix) * xs.w]);
-        }
-      }
+      const acc_t v = im2col_value<scalar_t, acc_t>(x, xs, g, cbase, k, n, s_oy[pl], s_ox[pl]);
       As[kl][pl] = v;
     }
     // Weight slice: 16 k x 64 output channels = 1024 values, 4 per thread.
@@ -458,20 +467,7 @@ __global__ void __launch_bounds__(kThreads) masked_conv_bwd_weight_gemm_kernel(
       const int pl = e / kGwK;
       const int k = k0 + kl;
       const int n = s_n[pl];
-      acc_t v = acc_t(0);
-      if (n >= 0 && k < g.K) {
-        const int tap = k / g.Cg;
-        const int ci = k - tap * g.Cg;
-        const int ky = tap / g.kw;
-        const int kx = tap - ky * g.kw;
-        const int iy = s_oy[pl] * g.sh - g.ph + ky * g.dh;
-        const int ix = s_ox[pl] * g.sw - g.pw + kx * g.dw;
-        if (iy >= 0 && iy < g.H && ix >= 0 && ix < g.W) {
-          v = static_cast<acc_t>(
-              x[n * xs.n + (cbase + ci) * xs.c + static_cast<int64_t>(iy) * xs.h +
-                static_cast<int64_t>(ix) * xs.w]);
-        }
-      }
+      const acc_t v = im2col_value<scalar_t, acc_t>(x, xs, g, cbase, k, n, s_oy[pl], s_ox[pl]);
       Xs[pl][kl] = v;
     }
 #pragma unroll
