@@ -48,6 +48,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_masks import MASK_KINDS, block_density, make_mask  # noqa: E402
 
+from dl_lib.layers import masked_conv_policy as policy  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DENSITIES = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 TARGET_FRACTION = 0.8  # acceptance target: speedup >= 0.8 x ideal
@@ -442,55 +444,19 @@ def break_even(rows: list[dict]) -> dict:
     return {"per_kind": per_kind, "per_layer": per_layer}
 
 
-POLICY_JSON = os.path.join(ROOT, "dl_lib", "layers", "masked_conv_policy.json")
-
-
 def policy_key(spec: LayerSpec) -> tuple[str, str]:
-    """(kind, channel bucket) of a layer as dl_lib.layers.masked_conv_policy keys its table;
-    the same rules are used when that module is missing."""
+    """(kind, channel bucket) of a layer, as dl_lib.layers.masked_conv_policy keys its tables."""
     shape = (spec.cout, spec.cin // spec.groups, spec.k, spec.k)
-    channels = max(spec.cin, spec.cout)
-    try:
-        from dl_lib.layers import masked_conv_policy as policy
-
-        return policy.layer_kind(shape, spec.groups), policy.channel_bucket(channels)
-    except ImportError:
-        if shape[1] == 1 and spec.groups == spec.cout and spec.groups > 1:
-            kind = "depthwise"
-        else:
-            kind = "1x1" if spec.k == 1 else "kxk"
-        bucket = next((f"le{c}" for c in (32, 64, 128) if channels <= c), "gt128")
-        return kind, bucket
+    return policy.layer_kind(shape, spec.groups), policy.channel_bucket(max(spec.cin, spec.cout))
 
 
-def write_policy(thresholds: dict, device: str, meta: dict) -> str:
-    """Stores {"kind/bucket": break-even density} for ``device``; returns the file written.
-
-    Through ``dl_lib.layers.masked_conv_policy.write_break_even_table`` when that module has it
-    (it rewrites the generated BREAK_EVEN table of masked_conv_policy.py, keeping the entries this
-    run did not measure); otherwise into dl_lib/layers/masked_conv_policy.json
-    (``{"thresholds": {device: {"kind/bucket": density}}, "measured_with": {device: {...}}}``).
-    """
-    try:
-        from dl_lib.layers import masked_conv_policy as policy
-
-        writer = getattr(policy, "write_break_even_table", None)
-    except ImportError:
-        policy, writer = None, None
-    if writer is not None:
-        entries = {(*key.split("/"), device): value for key, value in thresholds.items()}
-        writer(entries, command=meta["summary"])
-        return policy.__file__
-    table = {}
-    if os.path.exists(POLICY_JSON):
-        with open(POLICY_JSON) as f:
-            table = json.load(f)
-    table.setdefault("thresholds", {})[device] = dict(sorted(thresholds.items()))
-    table.setdefault("measured_with", {})[device] = meta
-    with open(POLICY_JSON, "w") as f:
-        json.dump(table, f, indent=2, sort_keys=True)
-        f.write("\n")
-    return POLICY_JSON
+def write_policy(thresholds: dict, device: str, meta: dict, mode: str = "fwd") -> str:
+    """Store {"kind/bucket": break-even density} for ``device`` in the fallback policy's table
+    for ``mode`` (fwd: inference, fwdbwd: training); entries not measured are kept. Returns the
+    file written."""
+    entries = {(*key.split("/"), device): value for key, value in thresholds.items()}
+    policy.write_break_even_table(entries, command=meta["summary"], mode=mode)
+    return policy.__file__
 
 
 # ------------------------------------------------------------------------------------------------
@@ -598,8 +564,9 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=os.path.join("output", "benchmarks"))
     parser.add_argument("--write-policy", action="store_true",
                         help="store the measured break-even densities in the fallback policy")
-    parser.add_argument("--policy-mode", choices=("fwd", "fwdbwd"), default="fwd",
-                        help="which mode's break-even densities --write-policy stores")
+    parser.add_argument("--policy-mode", choices=("fwd", "fwdbwd", "all"), default="all",
+                        help="which modes' break-even densities --write-policy stores (fwd: "
+                             "inference table, fwdbwd: training table; all: those measured)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch.cuda.is_available() is False")
@@ -636,14 +603,15 @@ def main(argv=None) -> int:
     paths = save_outputs(rows, {"config": config, "break_even": be}, args)
     print("# wrote " + ", ".join(paths))
     if args.write_policy:
-        mode = args.policy_mode
-        if mode not in be["per_kind"]:
-            print(f"error: --write-policy needs {mode} rows (see --mode)", file=sys.stderr)
-            return 1
-        meta = {"summary": f"python {config['command']} ({args.dtype}, {config['threads']} "
-                           f"threads, {mode} break-even, torch {torch.__version__})", **config}
-        path = write_policy(be["per_kind"][mode], args.device, meta)
-        print(f"# policy thresholds ({mode}) written to {path}")
+        modes = list(be["per_kind"]) if args.policy_mode == "all" else [args.policy_mode]
+        for mode in modes:
+            if mode not in be["per_kind"]:
+                print(f"error: --write-policy needs {mode} rows (see --mode)", file=sys.stderr)
+                return 1
+            meta = {"summary": f"python {config['command']} ({args.dtype}, {config['threads']} "
+                               f"threads, {mode} break-even, torch {torch.__version__})", **config}
+            path = write_policy(be["per_kind"][mode], args.device, meta, mode)
+            print(f"# policy thresholds ({mode}) written to {path}")
     print(f"# total {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -137,7 +137,9 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     mask = _prepare_mask(mask, input, out_hw)
     if dense_fallback and not torch.compiler.is_compiling():
         density = float(mask.float().mean()) if mask.numel() else 0.0
-        if use_dense(weight, groups, density, input.device.type):
+        # The backward breaks even at lower densities: training uses its own thresholds.
+        training = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
+        if use_dense(weight, groups, density, input.device.type, training):
             return masked_conv2d_dense(input, weight, bias, mask, stride, padding, dilation,
                                        groups)
     if not _has_kernel(input):

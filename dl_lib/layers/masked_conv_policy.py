@@ -23,6 +23,7 @@ import torch
 
 __all__ = [
     "BREAK_EVEN",
+    "BREAK_EVEN_TRAINING",
     "DEFAULT_BREAK_EVEN",
     "layer_kind",
     "channel_bucket",
@@ -65,6 +66,25 @@ BREAK_EVEN: Dict[Tuple[str, str, str], float] = {
 }
 # END BREAK_EVEN TABLE
 
+# Training (forward + backward): the sparse backward breaks even at lower densities than the
+# forward, so layers whose input or weight requires grad use this table (keys missing here fall
+# back to BREAK_EVEN).
+# BEGIN BREAK_EVEN_TRAINING TABLE
+# Produced by: python benchmarks/masked_conv.py --device cpu --threads 2 --write-policy --out
+#   /tmp/bench_commit (float32, 2 threads, fwdbwd break-even, torch 2.14.1+cu130)
+#   on 2026-11-21.
+BREAK_EVEN_TRAINING: Dict[Tuple[str, str, str], float] = {
+    ('1x1', 'gt128', 'cpu'): 0.428,
+    ('1x1', 'le128', 'cpu'): 0.249,
+    ('depthwise', 'gt128', 'cpu'): 0.452,
+    ('depthwise', 'le128', 'cpu'): 0.361,
+    ('kxk', 'gt128', 'cpu'): 0.642,
+    ('kxk', 'le128', 'cpu'): 0.895,
+    ('kxk', 'le32', 'cpu'): 0.332,
+    ('kxk', 'le64', 'cpu'): 0.691,
+}
+# END BREAK_EVEN_TRAINING TABLE
+
 
 def layer_kind(weight_shape, groups: int) -> str:
     """``"depthwise"``, ``"1x1"`` or ``"kxk"`` for a weight of shape (O, C/groups, kh, kw)."""
@@ -84,27 +104,41 @@ def channel_bucket(channels: int) -> str:
     return "gt128"
 
 
-def break_even_density(kind: str, channels: int, device_type: str) -> float:
-    """Density above which the dense path is faster, from the table (or the default)."""
-    return BREAK_EVEN.get((kind, channel_bucket(channels), device_type), DEFAULT_BREAK_EVEN)
+def break_even_density(kind: str, channels: int, device_type: str,
+                       training: bool = False) -> float:
+    """Density above which the dense path is faster, from the table (or the default).
+
+    ``training``: forward + backward (``BREAK_EVEN_TRAINING``, else the forward entry)."""
+    key = (kind, channel_bucket(channels), device_type)
+    if training and key in BREAK_EVEN_TRAINING:
+        return BREAK_EVEN_TRAINING[key]
+    return BREAK_EVEN.get(key, DEFAULT_BREAK_EVEN)
 
 
-def use_dense(weight: torch.Tensor, groups: int, density: float, device_type: str) -> bool:
+def use_dense(weight: torch.Tensor, groups: int, density: float, device_type: str,
+              training: bool = False) -> bool:
     """True when a layer with this ``weight`` should run densely at active fraction ``density``."""
     channels = max(weight.shape[0], weight.shape[1] * groups)
-    return density > break_even_density(layer_kind(weight.shape, groups), channels, device_type)
+    return density > break_even_density(layer_kind(weight.shape, groups), channels, device_type,
+                                         training)
 
 
 def write_break_even_table(entries: Dict[Tuple[str, str, str], float], command: str,
-                           path: Optional[str] = None, date: Optional[str] = None) -> None:
-    """Rewrite the generated table of ``path`` (this file by default) with ``entries`` merged in.
+                           path: Optional[str] = None, date: Optional[str] = None,
+                           mode: str = "fwd") -> None:
+    """Rewrite a generated table of ``path`` (this file by default) with ``entries`` merged in.
 
     ``entries`` maps (kind, channel bucket, device type) to a break-even density; existing keys
-    not in ``entries`` are kept. ``command`` is recorded in the comment with ``date`` (today).
+    not in ``entries`` are kept. ``mode`` "fwd" writes ``BREAK_EVEN``, "fwdbwd" writes
+    ``BREAK_EVEN_TRAINING``. ``command`` is recorded in the comment with ``date`` (today).
     """
+    if mode not in ("fwd", "fwdbwd"):
+        raise ValueError(f"write_break_even_table: mode must be 'fwd' or 'fwdbwd', got {mode!r}")
+    name = "BREAK_EVEN" if mode == "fwd" else "BREAK_EVEN_TRAINING"
+    current = BREAK_EVEN if mode == "fwd" else BREAK_EVEN_TRAINING
     path = path or __file__
     date = date or datetime.date.today().isoformat()
-    table = dict(BREAK_EVEN)
+    table = dict(current)
     for key, value in entries.items():
         kind, bucket, device = key
         if kind not in ("kxk", "1x1", "depthwise") or device not in ("cpu", "cuda"):
@@ -112,19 +146,19 @@ def write_break_even_table(entries: Dict[Tuple[str, str, str], float], command: 
         table[key] = float(min(max(value, 0.0), 1.0))
     # Long commands are wrapped so the generated block stays within the line-length limit.
     produced = textwrap.wrap(f"Produced by: {command}", 95, subsequent_indent="  ") or [""]
-    lines = ["# BEGIN BREAK_EVEN TABLE"] + [f"# {line}" for line in produced]
+    lines = [f"# BEGIN {name} TABLE"] + [f"# {line}" for line in produced]
     lines.append(f"#   on {date}.")
-    lines.append("BREAK_EVEN: Dict[Tuple[str, str, str], float] = {")
+    lines.append(f"{name}: Dict[Tuple[str, str, str], float] = {{")
     for key in sorted(table, key=lambda k: (k[2], k[0], k[1])):
         lines.append(f"    {key!r}: {table[key]:.3g},")
-    lines += ["}", "# END BREAK_EVEN TABLE"]
+    lines += ["}", f"# END {name} TABLE"]
     with open(path) as f:
         text = f.read()
-    pattern = re.compile(r"# BEGIN BREAK_EVEN TABLE\n.*?# END BREAK_EVEN TABLE", re.S)
+    pattern = re.compile(rf"# BEGIN {name} TABLE\n.*?# END {name} TABLE", re.S)
     if not pattern.search(text):
-        raise RuntimeError(f"write_break_even_table: no BEGIN/END BREAK_EVEN TABLE block in {path}")
+        raise RuntimeError(f"write_break_even_table: no BEGIN/END {name} TABLE block in {path}")
     text = pattern.sub(lambda _: "\n".join(lines), text)
     with open(path, "w") as f:
         f.write(text)
-    BREAK_EVEN.clear()
-    BREAK_EVEN.update(table)
+    current.clear()
+    current.update(table)

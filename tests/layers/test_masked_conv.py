@@ -392,3 +392,32 @@ def test_packed_weight_cache_sees_every_weight_change():
     conv(x, mask).sum().backward()
     opt.step()
     check(conv.weight.detach())
+
+
+def test_training_uses_its_own_break_even_table(tmp_path):
+    w = torch.randn(64, 64, 3, 3)
+    key = ("kxk", "le64", "cpu")
+    assert policy.break_even_density("kxk", 64, "cpu") == policy.BREAK_EVEN[key]
+    assert policy.break_even_density("kxk", 64, "cpu", training=True) == \
+        policy.BREAK_EVEN_TRAINING[key]
+    density = (policy.BREAK_EVEN_TRAINING[key] + policy.BREAK_EVEN[key]) / 2
+    assert policy.BREAK_EVEN_TRAINING[key] < density < policy.BREAK_EVEN[key]
+    assert not policy.use_dense(w, 1, density, "cpu")
+    assert policy.use_dense(w, 1, density, "cpu", training=True)
+    # A key with no training entry falls back to the forward one.
+    assert policy.break_even_density("kxk", 64, "cuda", training=True) == \
+        policy.BREAK_EVEN[("kxk", "le64", "cuda")]
+    path = tmp_path / "policy_copy.py"
+    path.write_text(open(policy.__file__).read())
+    saved = dict(policy.BREAK_EVEN_TRAINING)
+    try:
+        policy.write_break_even_table({key: 0.31}, "bench --y", path=str(path), mode="fwdbwd")
+        namespace = {}
+        exec(compile(path.read_text(), str(path), "exec"), namespace)
+        assert namespace["BREAK_EVEN_TRAINING"][key] == 0.31
+        assert namespace["BREAK_EVEN"][key] == policy.BREAK_EVEN[key]
+    finally:
+        policy.BREAK_EVEN_TRAINING.clear()
+        policy.BREAK_EVEN_TRAINING.update(saved)
+    with pytest.raises(ValueError, match="mode"):
+        policy.write_break_even_table({key: 0.3}, "x", path=str(path), mode="train")
