@@ -66,10 +66,12 @@ class ResizeTransform(Transform):
 
 class PadTransform(Transform):
     """Pad ``top, bottom, left, right`` pixels; images with ``pad_value`` (a scalar or one value per
-    channel, e.g. the pixel mean), label maps with ``seg_pad_value`` (the ignore label)."""
+    channel, e.g. the pixel mean), label maps with ``seg_pad_value`` (the ignore label).
+    ``orig_h, orig_w`` (the unpadded size) are only needed for ``inverse()``."""
 
     def __init__(self, top: int, bottom: int, left: int, right: int,
-                 pad_value: Union[float, Sequence[float]] = 0.0, seg_pad_value: int = 255):
+                 pad_value: Union[float, Sequence[float]] = 0.0, seg_pad_value: int = 255,
+                 orig_h: Optional[int] = None, orig_w: Optional[int] = None):
         super().__init__()
         self._set_attributes(locals())
 
@@ -100,7 +102,12 @@ class PadTransform(Transform):
         return coords
 
     def inverse(self) -> Transform:
-        raise NotImplementedError("PadTransform.inverse needs the padded size; crop explicitly")
+        if self.orig_h is None or self.orig_w is None:
+            raise ValueError("PadTransform.inverse needs the unpadded size: build the transform "
+                             "with orig_h=..., orig_w=...")
+        return CropTransform(self.left, self.top, self.orig_w, self.orig_h,
+                             orig_w=self.orig_w + self.left + self.right,
+                             orig_h=self.orig_h + self.top + self.bottom)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,7 +170,8 @@ def _crop_then_pad(h, w, x0, y0, ch, cw, crop_h, crop_w, pad_value, seg_pad_valu
     """Crop (x0, y0, cw, ch) then pad bottom/right up to crop_h×crop_w."""
     ts = [CropTransform(x0, y0, cw, ch, orig_w=w, orig_h=h)]
     if ch < crop_h or cw < crop_w:
-        ts.append(PadTransform(0, crop_h - ch, 0, crop_w - cw, pad_value, seg_pad_value))
+        ts.append(PadTransform(0, crop_h - ch, 0, crop_w - cw, pad_value, seg_pad_value,
+                               orig_h=ch, orig_w=cw))
     return TransformList(ts)
 
 

@@ -84,6 +84,11 @@ def test_pad_uint8_with_mean():
     assert img.shape == (5, 9, 3) and tuple(img[0, 0]) == (124, 116, 104) and tuple(img[1, 3]) == (7, 7, 7)
     seg = t.apply_segmentation(np.zeros((2, 2), np.int32))
     assert seg[0, 0] == 255 and seg[1, 3] == 0
+    with pytest.raises(ValueError, match="orig_h"):
+        t.inverse()
+    sized = T.PadTransform(1, 2, 3, 4, pad_value=MEAN, orig_h=2, orig_w=2)
+    restored = sized.inverse().apply_image(sized.apply_image(np.arange(12, dtype=np.uint8).reshape(2, 2, 3)))
+    np.testing.assert_array_equal(restored, np.arange(12, dtype=np.uint8).reshape(2, 2, 3))
 
 
 def test_category_area_crop_constraint():
