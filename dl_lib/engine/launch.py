@@ -161,7 +161,9 @@ def _distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine,
         raise RuntimeError(f"Process group URL {dist_url} could not be reached: {e}") from e
     try:
         _after_init(num_gpus_per_machine)
-        return main_func(*args)
+        result = main_func(*args)
+        _leave_together()
+        return result
     finally:
         _shutdown()
 
@@ -182,7 +184,10 @@ def _run_joined(main_func, args, env: dict, timeout, backend, num_gpus_per_machi
         dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
     try:
         _after_init(local_world)
-        return main_func(*args)
+        result = main_func(*args)
+        if owns_group:
+            _leave_together()
+        return result
     finally:
         if owns_group:
             _shutdown()
@@ -191,6 +196,13 @@ def _run_joined(main_func, args, env: dict, timeout, backend, num_gpus_per_machi
 def _after_init(num_per_machine: int) -> None:
     comm.create_local_process_group(num_per_machine)
     # A barrier right after init makes a rank that cannot connect fail here, not in training.
+    comm.synchronize()
+
+
+def _leave_together() -> None:
+    """Barrier before tearing the group down: a Gloo group destroyed while a peer still talks to
+    it aborts that peer ("terminate called without an active exception"). Success path only: after
+    an error the other ranks may never arrive."""
     comm.synchronize()
 
 

@@ -40,6 +40,7 @@ def _worker(rank, world, port, out_dir):
         train = list(itertools.islice(iter(TrainingSampler(7)), 14))  # seed shared via comm
         with open(os.path.join(out_dir, f"{rank}.json"), "w") as f:
             json.dump({"inference": inf, "train": train}, f)
+        dist.barrier()  # leave together: destroying a Gloo group under a live peer aborts it
     finally:
         dist.destroy_process_group()
 

@@ -131,6 +131,7 @@ def _worker(rank, world, init, out_dir):
                     "b_grad": bn.bias.grad, "running_mean": bn.running_mean,
                     "running_var": bn.running_var, "resolved": resolved},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # leave together: destroying a Gloo group under a live peer aborts it
     finally:
         dist.destroy_process_group()
 
