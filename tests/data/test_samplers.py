@@ -8,6 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dl_lib.data.samplers import InferenceSampler, TrainingSampler
+from dl_lib.engine.launch import _exit_spawned_worker
 
 
 def test_inference_shards_single_process_math():
@@ -43,6 +44,9 @@ def _worker(rank, world, port, out_dir):
         dist.barrier()  # leave together: destroying a Gloo group under a live peer aborts it
     finally:
         dist.destroy_process_group()
+    # As dl_lib's launcher does: skip interpreter finalisation, which now and then aborts a Gloo
+    # worker whose work is done (see dl_lib.engine.launch._exit_spawned_worker).
+    _exit_spawned_worker()
 
 
 def test_samplers_across_two_gloo_processes(tmp_path):

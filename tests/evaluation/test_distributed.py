@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from dl_lib.engine.launch import _exit_spawned_worker
 from dl_lib.evaluation import SemSegEvaluator
 
 from .helpers import logits_from_labels, register
@@ -54,6 +55,9 @@ def _worker(rank, world, init_file, out_dir):
         dist.barrier()  # leave together: destroying a Gloo group under a live peer aborts it
     finally:
         dist.destroy_process_group()
+    # As dl_lib's launcher does: skip interpreter finalisation, which now and then aborts a Gloo
+    # worker whose work is done (see dl_lib.engine.launch._exit_spawned_worker).
+    _exit_spawned_worker()
 
 
 def test_two_process_gather_equals_single(tmp_path):

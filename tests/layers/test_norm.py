@@ -8,6 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from dl_lib.engine.launch import _exit_spawned_worker
 from dl_lib.layers import (
     NORM_NAMES,
     FrozenBatchNorm2d,
@@ -134,6 +135,9 @@ def _worker(rank, world, init, out_dir):
         dist.barrier()  # leave together: destroying a Gloo group under a live peer aborts it
     finally:
         dist.destroy_process_group()
+    # As dl_lib's launcher does: skip interpreter finalisation, which now and then aborts a Gloo
+    # worker whose work is done (see dl_lib.engine.launch._exit_spawned_worker).
+    _exit_spawned_worker()
 
 
 def _free_port():
