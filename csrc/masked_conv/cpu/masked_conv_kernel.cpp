@@ -135,15 +135,60 @@ Geometry check_and_describe(
 }
 
 // Flat indices n*Ho*Wo + y*Wo + x of the active outputs, in raster order.
+// Two passes over blocks of the mask, in parallel for large masks (a serial scan with a branch
+// per position was ~7% of a 1x1 layer's time at d = 0.25 and kept the other threads idle): count
+// the active positions of each block, then each block writes its indices at its offset, skipping
+// all-zero 8-byte words and without a data-dependent branch per position.
 std::vector<int64_t> active_positions(const at::Tensor& mask) {
   const at::Tensor m = mask.contiguous();
-  const bool* p = m.data_ptr<bool>();
+  const uint8_t* p = reinterpret_cast<const uint8_t*>(m.const_data_ptr<bool>());
   const int64_t total = m.numel();
-  std::vector<int64_t> pos;
-  pos.reserve(static_cast<size_t>(total / 4 + 16));
-  for (int64_t i = 0; i < total; ++i) {
-    if (p[i]) pos.push_back(i);
+  constexpr int64_t kBlock = 1 << 14;  // positions per block, a multiple of 8
+  const int64_t nblocks = (total + kBlock - 1) / kBlock;
+  std::vector<int64_t> offset(static_cast<size_t>(nblocks + 1), 0);
+  const auto count = [&](int64_t b) {
+    const int64_t i0 = b * kBlock, i1 = std::min(total, i0 + kBlock);
+    int64_t c = 0;
+    for (int64_t i = i0; i < i1; ++i) c += p[i];  // bool bytes are 0 or 1; vectorised
+    offset[b + 1] = c;
+  };
+  const auto fill = [&](int64_t b, int64_t* out) {
+    const int64_t i0 = b * kBlock, i1 = std::min(total, i0 + kBlock);
+    int64_t k = offset[b];
+    int64_t i = i0;
+    for (; i + 8 <= i1; i += 8) {
+      uint64_t word;
+      std::memcpy(&word, p + i, 8);
+      if (word == 0) continue;
+      for (int64_t j = 0; j < 8; ++j) {
+        out[k] = i + j;  // written always, kept only when active (out has one spare slot)
+        k += p[i + j];
+      }
+    }
+    for (; i < i1; ++i) {
+      out[k] = i;
+      k += p[i];
+    }
+  };
+  const bool parallel = total >= 4 * kBlock;
+  if (parallel) {
+    cpu::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) count(b);
+    });
+  } else {
+    for (int64_t b = 0; b < nblocks; ++b) count(b);
   }
+  for (int64_t b = 0; b < nblocks; ++b) offset[b + 1] += offset[b];
+  const int64_t M = offset[nblocks];
+  std::vector<int64_t> pos(static_cast<size_t>(M + 1));
+  if (parallel) {
+    cpu::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) fill(b, pos.data());
+    });
+  } else {
+    for (int64_t b = 0; b < nblocks; ++b) fill(b, pos.data());
+  }
+  pos.pop_back();
   return pos;
 }
 
