@@ -421,3 +421,83 @@ def test_training_uses_its_own_break_even_table(tmp_path):
         policy.BREAK_EVEN_TRAINING.update(saved)
     with pytest.raises(ValueError, match="mode"):
         policy.write_break_even_table({key: 0.3}, "x", path=str(path), mode="train")
+
+
+def _striped_mask(n, ho, wo, generator):
+    """Random density per row band, with all-empty and all-full bands: active runs start and end
+    on both sides of the kernel's 16384-position blocks and of its 8-byte words."""
+    m = torch.zeros(n, 1, ho, wo, dtype=torch.bool)
+    for i in range(n):
+        for y0 in range(0, ho, 7):
+            d = float(torch.rand(1, generator=generator)) ** 2
+            band = m[i, 0, y0:y0 + 7]
+            band.copy_(torch.rand(band.shape, generator=generator) < d)
+        m[i, 0, 20:40] = True
+        m[i, 0, 50:90] = False
+    return m
+
+
+@needs_ops
+@pytest.mark.parametrize("groups,c_out", [(1, 24), (24, 24)])
+def test_large_masks_match_reference(groups, c_out):
+    """Masks of > 4 x 16384 positions go through the parallel active-position scan."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 24, 190, 230).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(c_out, 24 // groups, 3, 3)
+    b = torch.randn(c_out)
+    for mask in (_striped_mask(2, 190, 230, g), torch.rand(2, 1, 190, 230, generator=g) < 0.3):
+        y = masked_conv2d(x, w, b, mask, padding=1, groups=groups)
+        ref = masked_conv2d_dense(x, w, b, mask, 1, 1, 1, groups)
+        torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_ops
+def test_output_buffers_are_reused_and_fully_rewritten():
+    """Large outputs come from the pool of freed outputs; a reused buffer holds the previous
+    layer's values, so every position must be written again (computed or zero)."""
+    pool = torch.ops.dl_lib._masked_conv2d_output_pool
+    pool(True)
+    x = torch.randn(1, 32, 96, 128).contiguous(memory_format=torch.channels_last)  # 1.5 MB out
+    w = torch.randn(32, 32, 3, 3)
+    g = torch.Generator().manual_seed(0)
+    dense_mask = torch.rand(1, 1, 96, 128, generator=g) < 0.95
+    y = masked_conv2d(x, w, None, dense_mask, padding=1)
+    ptr = y.data_ptr()
+    del y
+    assert pool() >= 32 * 96 * 128 * 4
+    sparse_mask = torch.rand(1, 1, 96, 128, generator=g) < 0.05
+    y = masked_conv2d(x, w, None, sparse_mask, padding=1)
+    assert y.data_ptr() == ptr and pool() == 0
+    torch.testing.assert_close(y, masked_conv2d_dense(x, w, None, sparse_mask, 1, 1, 1, 1),
+                               rtol=1e-4, atol=1e-4)
+    # An ordinary tensor otherwise: autograd views, in-place ops, serialisation.
+    y.add_(1)
+    assert torch.equal(torch.load(_roundtrip(y), weights_only=True), y)
+    del y
+    assert pool(True) == 0
+
+
+def _roundtrip(t):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(t, buf)
+    buf.seek(0)
+    return buf
+
+
+@needs_ops
+def test_output_pool_can_be_turned_off():
+    script = textwrap.dedent("""
+        import torch, dl_lib
+        from dl_lib.layers import masked_conv2d
+        x = torch.randn(1, 32, 96, 128)
+        y = masked_conv2d(x, torch.randn(32, 32, 3, 3), None, torch.ones(1, 1, 96, 128, dtype=torch.bool), padding=1)
+        del y
+        print(torch.ops.dl_lib._masked_conv2d_output_pool())
+    """)
+    env = dict(os.environ, DL_LIB_MASKED_CONV_POOL_MB="0")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip().splitlines()[-1] == "0"

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "masked_conv/cpu/implicit_gemm.h"
+#include "masked_conv/cpu/output_pool.h"
 #include "masked_conv/cpu/packed_weight_cache.h"
 #include "masked_conv/cpu/parallel.h"
 #include "masked_conv/masked_conv.h"
@@ -137,8 +138,8 @@ Geometry check_and_describe(
 // Flat indices n*Ho*Wo + y*Wo + x of the active outputs, in raster order.
 // Two passes over blocks of the mask, in parallel for large masks (a serial scan with a branch
 // per position was ~7% of a 1x1 layer's time at d = 0.25 and kept the other threads idle): count
-// the active positions of each block, then each block writes its indices at its offset, skipping
-// all-zero 8-byte words and without a data-dependent branch per position.
+// the active positions of each block, then each block writes its indices at its offset, eight
+// mask bytes at a time.
 std::vector<int64_t> active_positions(const at::Tensor& mask) {
   const at::Tensor m = mask.contiguous();
   const uint8_t* p = reinterpret_cast<const uint8_t*>(m.const_data_ptr<bool>());
@@ -159,15 +160,15 @@ std::vector<int64_t> active_positions(const at::Tensor& mask) {
     for (; i + 8 <= i1; i += 8) {
       uint64_t word;
       std::memcpy(&word, p + i, 8);
-      if (word == 0) continue;
-      for (int64_t j = 0; j < 8; ++j) {
-        out[k] = i + j;  // written always, kept only when active (out has one spare slot)
-        k += p[i + j];
+      // Bool bytes are 0 or 1, so each active position is one set bit, at 8 * (its byte); the
+      // loop runs once per active position (little-endian: byte j holds bits 8j..8j+7).
+      while (word != 0) {
+        out[k++] = i + (__builtin_ctzll(word) >> 3);
+        word &= word - 1;
       }
     }
     for (; i < i1; ++i) {
-      out[k] = i;
-      k += p[i];
+      if (p[i]) out[k++] = i;
     }
   };
   const bool parallel = total >= 4 * kBlock;
@@ -180,7 +181,7 @@ std::vector<int64_t> active_positions(const at::Tensor& mask) {
   }
   for (int64_t b = 0; b < nblocks; ++b) offset[b + 1] += offset[b];
   const int64_t M = offset[nblocks];
-  std::vector<int64_t> pos(static_cast<size_t>(M + 1));
+  std::vector<int64_t> pos(static_cast<size_t>(M));
   if (parallel) {
     cpu::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) fill(b, pos.data());
@@ -188,7 +189,6 @@ std::vector<int64_t> active_positions(const at::Tensor& mask) {
   } else {
     for (int64_t b = 0; b < nblocks; ++b) fill(b, pos.data());
   }
-  pos.pop_back();
   return pos;
 }
 
@@ -719,8 +719,9 @@ at::Tensor masked_conv2d_forward_cpu_impl(
   // The output takes the input's memory format: NHWC output makes the scatter contiguous.
   const auto fmt = input.suggest_memory_format();
   // Allocated uninitialised: the depthwise and implicit-GEMM kernels write every position once
-  // (computed or zero); the other paths zero it first.
-  at::Tensor out = at::empty({g.N, g.O, g.Ho, g.Wo}, input.options(), fmt);
+  // (computed or zero); the other paths zero it first. Large outputs reuse the storage of freed
+  // ones instead of faulting in fresh pages (output_pool.h).
+  at::Tensor out = cpu::pooled_empty({g.N, g.O, g.Ho, g.Wo}, input.options(), fmt);
   const std::vector<int64_t> pos = active_positions(mask);
   if (pos.empty() || out.numel() == 0) return out.zero_();
   // The kernels read NHWC. A contiguous (NCHW) input costs one transposing copy here, about as
