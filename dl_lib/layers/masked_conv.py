@@ -124,7 +124,12 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
             density.
 
     Returns:
-        N x O x Ho x Wo: ``F.conv2d(...)`` at active positions, 0 elsewhere.
+        N x O x Ho x Wo: ``F.conv2d(...)`` at active positions, 0 elsewhere. On the CPU an
+        output of 1 MiB or more takes its storage from a cache of freed outputs (a fresh
+        multi-megabyte block costs a page fault per 4 KiB, more than the sparse compute at low
+        density); the cache holds at most ``DL_LIB_MASKED_CONV_POOL_MB`` MiB (default 256, 0
+        turns it off), ``torch.ops.dl_lib._masked_conv2d_output_pool(True)`` frees it, and such
+        outputs cannot be resized in place.
     """
     if input.dim() != 4 or weight.dim() != 4:
         raise ValueError(f"masked_conv2d: input and weight must be 4-D, got input "

@@ -35,22 +35,22 @@ __all__ = [
 DEFAULT_BREAK_EVEN = 0.5
 
 # BEGIN BREAK_EVEN TABLE
-# Produced by: python benchmarks/masked_conv.py --device cpu --threads 2 --write-policy --out
-#   /tmp/bench_commit (float32, 2 threads, fwd break-even, torch 2.14.1+cu130)
+# Produced by: python benchmarks/masked_conv.py --device cpu --threads 2 --write-policy (float32,
+#   2 threads, fwd break-even, torch 2.14.1+cu130)
 #   on 2026-11-21.
 BREAK_EVEN: Dict[Tuple[str, str, str], float] = {
-    ('1x1', 'gt128', 'cpu'): 0.884,
-    ('1x1', 'le128', 'cpu'): 0.829,
+    ('1x1', 'gt128', 'cpu'): 0.931,
+    ('1x1', 'le128', 'cpu'): 0.836,
     ('1x1', 'le32', 'cpu'): 0.4,
     ('1x1', 'le64', 'cpu'): 0.8,
-    ('depthwise', 'gt128', 'cpu'): 0.717,
-    ('depthwise', 'le128', 'cpu'): 0.447,
+    ('depthwise', 'gt128', 'cpu'): 0.732,
+    ('depthwise', 'le128', 'cpu'): 0.593,
     ('depthwise', 'le32', 'cpu'): 0.2,
     ('depthwise', 'le64', 'cpu'): 0.8,
-    ('kxk', 'gt128', 'cpu'): 0.995,
-    ('kxk', 'le128', 'cpu'): 0.993,
-    ('kxk', 'le32', 'cpu'): 0.734,
-    ('kxk', 'le64', 'cpu'): 0.941,
+    ('kxk', 'gt128', 'cpu'): 0.932,
+    ('kxk', 'le128', 'cpu'): 0.974,
+    ('kxk', 'le32', 'cpu'): 0.746,
+    ('kxk', 'le64', 'cpu'): 0.955,
     ('1x1', 'gt128', 'cuda'): 0.5,
     ('1x1', 'le128', 'cuda'): 0.4,
     ('1x1', 'le32', 'cuda'): 0.2,
@@ -70,18 +70,18 @@ BREAK_EVEN: Dict[Tuple[str, str, str], float] = {
 # forward, so layers whose input or weight requires grad use this table (keys missing here fall
 # back to BREAK_EVEN).
 # BEGIN BREAK_EVEN_TRAINING TABLE
-# Produced by: python benchmarks/masked_conv.py --device cpu --threads 2 --write-policy --out
-#   /tmp/bench_commit (float32, 2 threads, fwdbwd break-even, torch 2.14.1+cu130)
+# Produced by: python benchmarks/masked_conv.py --device cpu --threads 2 --write-policy (float32,
+#   2 threads, fwdbwd break-even, torch 2.14.1+cu130)
 #   on 2026-11-21.
 BREAK_EVEN_TRAINING: Dict[Tuple[str, str, str], float] = {
-    ('1x1', 'gt128', 'cpu'): 0.428,
-    ('1x1', 'le128', 'cpu'): 0.249,
-    ('depthwise', 'gt128', 'cpu'): 0.452,
-    ('depthwise', 'le128', 'cpu'): 0.361,
-    ('kxk', 'gt128', 'cpu'): 0.642,
-    ('kxk', 'le128', 'cpu'): 0.895,
-    ('kxk', 'le32', 'cpu'): 0.332,
-    ('kxk', 'le64', 'cpu'): 0.691,
+    ('1x1', 'gt128', 'cpu'): 0.415,
+    ('1x1', 'le128', 'cpu'): 0.372,
+    ('depthwise', 'gt128', 'cpu'): 0.518,
+    ('depthwise', 'le128', 'cpu'): 0.834,
+    ('kxk', 'gt128', 'cpu'): 0.693,
+    ('kxk', 'le128', 'cpu'): 0.622,
+    ('kxk', 'le32', 'cpu'): 0.342,
+    ('kxk', 'le64', 'cpu'): 0.754,
 }
 # END BREAK_EVEN_TRAINING TABLE
 
