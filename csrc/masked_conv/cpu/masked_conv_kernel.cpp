@@ -171,24 +171,20 @@ std::vector<int64_t> active_positions(const at::Tensor& mask) {
       if (p[i]) out[k++] = i;
     }
   };
-  const bool parallel = total >= 4 * kBlock;
-  if (parallel) {
+  // Small masks are scanned inline: waking the team would cost more than the scan.
+  const auto for_each_block = [&](const auto& f) {
+    if (total < 4 * kBlock) {
+      for (int64_t b = 0; b < nblocks; ++b) f(b);
+      return;
+    }
     cpu::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) count(b);
+      for (int64_t b = b0; b < b1; ++b) f(b);
     });
-  } else {
-    for (int64_t b = 0; b < nblocks; ++b) count(b);
-  }
+  };
+  for_each_block(count);
   for (int64_t b = 0; b < nblocks; ++b) offset[b + 1] += offset[b];
-  const int64_t M = offset[nblocks];
-  std::vector<int64_t> pos(static_cast<size_t>(M));
-  if (parallel) {
-    cpu::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) fill(b, pos.data());
-    });
-  } else {
-    for (int64_t b = 0; b < nblocks; ++b) fill(b, pos.data());
-  }
+  std::vector<int64_t> pos(static_cast<size_t>(offset[nblocks]));
+  for_each_block([&](int64_t b) { fill(b, pos.data()); });
   return pos;
 }
 

@@ -2,9 +2,10 @@
 #include "masked_conv/cpu/output_pool.h"
 
 #include <c10/core/MemoryFormat.h>
+#include <c10/core/impl/alloc_cpu.h>
+#include <c10/util/accumulate.h>
 #include <c10/util/strides.h>
 #include <torch/library.h>
-#include <c10/core/impl/alloc_cpu.h>
 
 #include <cstdlib>
 #include <map>
@@ -68,8 +69,6 @@ void give_back(void* ctx) {
   delete b;
 }
 
-}  // namespace
-
 // A tensor of `sizes` (memory format `fmt`) over `ptr`, which goes back to the pool when the
 // storage dies.
 at::Tensor wrap(void* ptr, int64_t capacity, int64_t nbytes, at::IntArrayRef sizes,
@@ -88,11 +87,12 @@ at::Tensor wrap(void* ptr, int64_t capacity, int64_t nbytes, at::IntArrayRef siz
   return at::empty({0}, opts).set_(storage, 0, sizes, strides);
 }
 
+}  // namespace
+
 at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options,
                         at::MemoryFormat fmt) {
-  int64_t numel = 1;
-  for (const int64_t s : sizes) numel *= s;
-  const int64_t nbytes = numel * static_cast<int64_t>(options.dtype().itemsize());
+  const int64_t nbytes =
+      c10::multiply_integers(sizes) * static_cast<int64_t>(options.dtype().itemsize());
   Pool& p = pool();
   if (nbytes < kMinPooledBytes || p.limit == 0 || options.device().type() != at::kCPU) {
     return at::empty(sizes, options.memory_format(fmt));
