@@ -453,6 +453,29 @@ def test_large_masks_match_reference(groups, c_out):
 
 
 @needs_ops
+@pytest.mark.parametrize("c", [7, 16, 20, 32, 40, 70])
+@pytest.mark.parametrize("k,stride,dilation", [(3, 1, 1), (3, 2, 1), (5, 1, 2)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_depthwise_channel_blocks_and_chunks(c, k, stride, dilation, channels_last):
+    """The depthwise kernel walks 32-channel blocks (16 and masked tails) over chunks of 32
+    pixels with the next block prefetched: channel counts around those edges, more than one chunk
+    per work unit, taps in the padding, NCHW and NHWC outputs."""
+    g = torch.Generator().manual_seed(c * 100 + k)
+    x = torch.randn(2, c, 37, 45, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(c, 1, k, k, generator=g)
+    b = torch.randn(c, generator=g)
+    pad = k // 2 * dilation
+    ho, wo = (37 + 2 * pad - dilation * (k - 1) - 1) // stride + 1, (45 + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+    for density in (0.3, 1.0):
+        mask = torch.rand(2, 1, ho, wo, generator=g) < density
+        y = masked_conv2d(x, w, b, mask, stride, pad, dilation, c)
+        ref = masked_conv2d_dense(x, w, b, mask, stride, pad, dilation, c)
+        torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_ops
 def test_output_buffers_are_reused_and_fully_rewritten():
     """Large outputs come from the pool of freed outputs; a reused buffer holds the previous
     layer's values, so every position must be written again (computed or zero)."""

@@ -100,81 +100,110 @@ __attribute__((target("avx512f"))) void tile_nv(const float* const* a, int64_t t
 // accumulator array) came out as scalar moves through the stack and ran ~5x slower.
 // 64 channels (4 independent accumulators) per pass over the taps: with one 16-lane accumulator
 // the taps form a chain of dependent FMAs (4 cycles each) that bounded the loop by latency.
-__attribute__((target("avx512f"))) void depthwise_pixel(float* dst, int64_t dst_cstride,
-                                                        const float* const* src, const float* w,
-                                                        const float* bias, int64_t taps,
-                                                        int64_t C) {
-  int64_t c0 = 0;
-  if (dst_cstride == 1) {
-    for (; c0 + 64 <= C; c0 += 64) {
-      __m512 acc[4];
-#pragma GCC unroll 4
-      for (int v = 0; v < 4; ++v) {
-        acc[v] = bias ? _mm512_loadu_ps(bias + c0 + 16 * v) : _mm512_setzero_ps();
-      }
-      for (int64_t t = 0; t < taps; ++t) {
-        const float* s = src[t];
-        if (s == nullptr) continue;
-        const float* wt = w + t * C + c0;
-#pragma GCC unroll 4
-        for (int v = 0; v < 4; ++v) {
-          acc[v] = _mm512_fmadd_ps(_mm512_loadu_ps(s + c0 + 16 * v), _mm512_loadu_ps(wt + 16 * v),
-                                   acc[v]);
-        }
-      }
-#pragma GCC unroll 4
-      for (int v = 0; v < 4; ++v) _mm512_storeu_ps(dst + c0 + 16 * v, acc[v]);
-    }
-  }
-  for (; c0 < C; c0 += 16) {
-    const int64_t nc = C - c0 < 16 ? C - c0 : 16;
-    const __mmask16 m = static_cast<__mmask16>((1u << nc) - 1u);
-    __m512 acc = bias ? _mm512_maskz_loadu_ps(m, bias + c0) : _mm512_setzero_ps();
-    for (int64_t t = 0; t < taps; ++t) {
-      if (src[t] == nullptr) continue;
-      acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, src[t] + c0),
-                            _mm512_maskz_loadu_ps(m, w + t * C + c0), acc);
-    }
-    if (dst_cstride == 1) {
-      _mm512_mask_storeu_ps(dst + c0, m, acc);
-    } else {
-      alignas(64) float tmp[16];
-      _mm512_store_ps(tmp, acc);
-      for (int64_t j = 0; j < nc; ++j) dst[(c0 + j) * dst_cstride] = tmp[j];
+namespace {
+
+// Prefetches the lines of pixel taps s[0..T) that the next channel block will read (ch floats
+// from c): a block's loads all miss otherwise, since every block reads new lines of scattered
+// pixels that no hardware prefetcher predicts.
+template <int T>
+__attribute__((target("avx512f"))) inline void prefetch_taps(const float* const* s, int64_t taps,
+                                                             int64_t c, int64_t lines) {
+  const int64_t n = T > 0 ? T : taps;
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t l = 0; l < lines; ++l) {
+      _mm_prefetch(reinterpret_cast<const char*>(s[t] + c + 16 * l), _MM_HINT_T0);
     }
   }
 }
 
-__attribute__((target("avx512f"))) void depthwise_run3x3(float* dst, int64_t dst_pstride,
-                                                         const float* const* rows,
-                                                         int64_t src_pstride, const float* w,
-                                                         const float* bias, int64_t C) {
-  constexpr int P = kDepthwiseRun;
-  for (int64_t c0 = 0; c0 < C; c0 += 16) {
-    const int64_t nc = C - c0 < 16 ? C - c0 : 16;
-    const __mmask16 m = static_cast<__mmask16>((1u << nc) - 1u);
-    const __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + c0) : _mm512_setzero_ps();
-    __m512 acc[P];
-#pragma GCC unroll 4
-    for (int p = 0; p < P; ++p) acc[p] = b;
-    for (int ky = 0; ky < 3; ++ky) {
-      const float* row = rows[ky];
-      if (row == nullptr) continue;
-      const float* wr = w + ky * 3 * C + c0;
-      const __m512 w0 = _mm512_maskz_loadu_ps(m, wr);
-      const __m512 w1 = _mm512_maskz_loadu_ps(m, wr + C);
-      const __m512 w2 = _mm512_maskz_loadu_ps(m, wr + 2 * C);
-      // Input column j feeds pixel p through tap kx = j - p.
-#pragma GCC unroll 6
-      for (int j = 0; j < P + 2; ++j) {
-        const __m512 x = _mm512_maskz_loadu_ps(m, row + j * src_pstride + c0);
-        if (j < P) acc[j] = _mm512_fmadd_ps(x, w0, acc[j]);
-        if (j >= 1 && j - 1 < P) acc[j - 1] = _mm512_fmadd_ps(x, w1, acc[j - 1]);
-        if (j >= 2) acc[j - 2] = _mm512_fmadd_ps(x, w2, acc[j - 2]);
+// One channel block of depthwise_pixels: V (1 or 2) vectors of 16 channels from c0 (the last
+// vector masked by m), every pixel of the chunk. T = taps when known at compile time (the
+// weights then stay in registers: 9 x 2 vectors for 3x3), 0 for any count (read from L1).
+template <int T, int V>
+__attribute__((target("avx512f"))) void depthwise_block(float* const* dst, int64_t dst_cstride,
+                                                        const float* const* src, int64_t count,
+                                                        int64_t taps, const float* w,
+                                                        const float* bias, int64_t C, int64_t c0,
+                                                        __mmask16 m, int64_t next_lines) {
+  constexpr int TR = T > 0 ? T : 1;  // weight registers per vector
+  const int64_t nt = T > 0 ? T : taps;
+  const int64_t stride = nt;
+  __m512 wr[V][TR];
+  if constexpr (T > 0) {
+#pragma GCC unroll 9
+    for (int t = 0; t < T; ++t) {
+      for (int v = 0; v < V; ++v) {
+        wr[v][t] = _mm512_maskz_loadu_ps(v + 1 == V ? m : 0xffff, w + t * C + c0 + 16 * v);
       }
     }
-#pragma GCC unroll 4
-    for (int p = 0; p < P; ++p) _mm512_mask_storeu_ps(dst + p * dst_pstride + c0, m, acc[p]);
+  }
+  __m512 b[V];
+  for (int v = 0; v < V; ++v) {
+    b[v] = bias ? _mm512_maskz_loadu_ps(v + 1 == V ? m : 0xffff, bias + c0 + 16 * v)
+                : _mm512_setzero_ps();
+  }
+  for (int64_t p = 0; p < count; ++p) {
+    const float* const* s = src + p * stride;
+    if (next_lines > 0) prefetch_taps<T>(s, nt, c0 + 16 * V, next_lines);
+    __m512 acc[V];
+    for (int v = 0; v < V; ++v) acc[v] = b[v];
+#pragma GCC unroll 9
+    for (int64_t t = 0; t < nt; ++t) {
+      for (int v = 0; v < V; ++v) {
+        const __mmask16 mv = v + 1 == V ? m : 0xffff;
+        const __m512 x = _mm512_maskz_loadu_ps(mv, s[t] + c0 + 16 * v);
+        const __m512 wt = T > 0 ? wr[v][T > 0 ? t : 0]
+                                : _mm512_maskz_loadu_ps(mv, w + t * C + c0 + 16 * v);
+        acc[v] = _mm512_fmadd_ps(x, wt, acc[v]);
+      }
+    }
+    for (int v = 0; v < V; ++v) {
+      const __mmask16 mv = v + 1 == V ? m : 0xffff;
+      if (dst_cstride == 1) {
+        _mm512_mask_storeu_ps(dst[p] + c0 + 16 * v, mv, acc[v]);
+      } else {
+        alignas(64) float tmp[16];
+        _mm512_store_ps(tmp, acc[v]);
+        const int64_t nc = v + 1 == V ? __builtin_popcount(mv) : 16;
+        for (int64_t j = 0; j < nc; ++j) dst[p][(c0 + 16 * v + j) * dst_cstride] = tmp[j];
+      }
+    }
+  }
+}
+
+template <int T>
+__attribute__((target("avx512f"))) void depthwise_blocks(float* const* dst, int64_t dst_cstride,
+                                                         const float* const* src, int64_t count,
+                                                         int64_t taps, const float* w,
+                                                         const float* bias, int64_t C) {
+  for (int64_t c0 = 0; c0 < C;) {
+    const int64_t left = C - c0;
+    if (left >= 32) {
+      // Lines of the next block: two when it is a full one, one for a 16-or-fewer tail.
+      const int64_t next_lines = left - 32 >= 32 ? 2 : (left - 32 > 0 ? 1 : 0);
+      depthwise_block<T, 2>(dst, dst_cstride, src, count, taps, w, bias, C, c0, 0xffff,
+                            next_lines);
+      c0 += 32;
+    } else {
+      const int64_t nc = left < 16 ? left : 16;
+      const __mmask16 m = static_cast<__mmask16>((1u << nc) - 1u);
+      depthwise_block<T, 1>(dst, dst_cstride, src, count, taps, w, bias, C, c0, m,
+                            left > 16 ? 1 : 0);
+      c0 += 16;
+    }
+  }
+}
+
+}  // namespace
+
+__attribute__((target("avx512f"))) void depthwise_pixels(float* const* dst, int64_t dst_cstride,
+                                                         const float* const* src, int64_t count,
+                                                         int64_t taps, const float* w,
+                                                         const float* bias, int64_t C) {
+  if (taps == 9) {
+    depthwise_blocks<9>(dst, dst_cstride, src, count, taps, w, bias, C);
+  } else {
+    depthwise_blocks<0>(dst, dst_cstride, src, count, taps, w, bias, C);
   }
 }
 
@@ -217,11 +246,8 @@ void implicit_gemm_tile(const float* const* a, int64_t taps, int64_t cg, const f
 
 bool implicit_gemm_available() { return false; }
 
-void depthwise_pixel(float*, int64_t, const float* const*, const float*, const float*, int64_t,
-                     int64_t) {}
-
-void depthwise_run3x3(float*, int64_t, const float* const*, int64_t, const float*, const float*,
-                      int64_t) {}
+void depthwise_pixels(float* const*, int64_t, const float* const*, int64_t, int64_t, const float*,
+                      const float*, int64_t) {}
 
 void zero_stream(float*, int64_t) {}
 

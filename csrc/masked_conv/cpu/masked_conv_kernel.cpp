@@ -605,10 +605,10 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
   const OutStrides os = out_strides(out);
   const int64_t hw = g.Ho * g.Wo;
   const int64_t C = g.C, taps = g.taps();
-  const bool use_avx512 = cpu::implicit_gemm_available();
   const std::vector<WorkRange> units = work_units(pos, g.N * hw, C, C + taps * C / 2);
-  // Tap pointers of active pixel i (nullptr in the padding).
-  const auto taps_of = [&](int64_t i, const scalar_t** src) -> scalar_t* {
+  // Tap pointers of active pixel i into src[0..taps) (`padding` for taps in the padding);
+  // returns its output pointer.
+  const auto taps_of = [&](int64_t i, const scalar_t** src, const scalar_t* padding) {
     const int64_t idx = pos[i];
     const int64_t n = idx / hw, rem = idx % hw;
     const int64_t oy = rem / g.Wo, ox = rem % g.Wo;
@@ -619,27 +619,46 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
       for (int64_t kx = 0; kx < g.kw; ++kx) {
         const int64_t ix = ix0 + kx * g.dw;
         const bool inside = iy >= 0 && iy < g.H && ix >= 0 && ix < g.W;
-        src[ky * g.kw + kx] = inside ? img + (iy * g.W + ix) * C : nullptr;
+        src[ky * g.kw + kx] = inside ? img + (iy * g.W + ix) * C : padding;
       }
     }
     return op + n * os.n + oy * os.y + ox * os.x;
   };
-  // The work per pixel is tiny, so it waits on memory: the taps of scattered pixels are short
-  // runs the hardware prefetchers miss. Prefetch the taps of the pixel kAhead positions on.
-  // The tap pointers of each pixel are computed once, when it is prefetched, into a ring of
-  // kAhead + 1 slots (computing them twice, with two integer divisions each, was a visible part
-  // of the per-pixel cost). When the pixel is the right-hand neighbour of the previous one (runs
-  // of active pixels; stride and dilation 1) only its last tap column is new to the cache, so
-  // only that column is prefetched.
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (cpu::implicit_gemm_available()) {
+      // Chunks of kChunk pixels through cpu::depthwise_pixels (channel block outer, see there).
+      // The chunk's tap lines of one 32-channel block (32 x 9 x 128 B for 3x3) stay within L1.
+      constexpr int64_t kChunk = 32;
+      const std::vector<float> zeros(static_cast<size_t>(C), 0.f);
+      struct Chunk {
+        std::vector<const float*> src;
+        std::vector<float*> dst;
+      };
+      const auto make_chunk = [&] {
+        return Chunk{std::vector<const float*>(static_cast<size_t>(kChunk * taps)),
+                     std::vector<float*>(static_cast<size_t>(kChunk))};
+      };
+      run_units(static_cast<int64_t>(units.size()), make_chunk, [&](Chunk& ch, int64_t u) {
+        const WorkRange& wr = units[u];
+        zero_inactive(op, os, g, pos, wr);
+        for (int64_t i0 = wr.a0; i0 < wr.a1; i0 += kChunk) {
+          const int64_t count = std::min(kChunk, wr.a1 - i0);
+          for (int64_t k = 0; k < count; ++k) {
+            ch.dst[k] = taps_of(i0 + k, ch.src.data() + k * taps, zeros.data());
+          }
+          cpu::depthwise_pixels(ch.dst.data(), os.c, ch.src.data(), count, taps, wp, bias, C);
+        }
+      });
+      return;
+    }
+  }
+  // Portable path (double, or no AVX-512): pixel by pixel. The work per pixel is tiny, so it
+  // waits on memory: the taps of scattered pixels are short runs the hardware prefetchers miss.
+  // Prefetch the taps of the pixel kAhead positions on; the tap pointers of each pixel are
+  // computed once, when it is prefetched, into a ring of kAhead + 1 slots.
   constexpr int64_t kAhead = 4;
   constexpr int64_t kSlots = kAhead + 1;
   const int64_t line_elems = 64 / static_cast<int64_t>(sizeof(scalar_t));
-  const bool unit_step = g.sw == 1 && g.dw == 1;
-  // Runs of kDepthwiseRun adjacent active pixels of a 3x3 layer go through one call that shares
-  // the loads between them (NHWC output; stride and dilation 1 so that neighbours share taps).
-  constexpr int64_t R4 = cpu::kDepthwiseRun;
-  const bool run3x3 = unit_step && g.kh == 3 && g.kw == 3 && g.sh == 1 && g.dh == 1 &&
-                      os.c == 1 && std::is_same_v<scalar_t, float>;
   struct Ring {
     std::vector<const scalar_t*> src;
     std::vector<scalar_t*> dst;
@@ -654,45 +673,18 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
     const auto fill = [&](int64_t i, bool prefetch) {
       const int64_t slot = (i - wr.a0) % kSlots;
       const scalar_t** src = ring.src.data() + slot * taps;
-      ring.dst[slot] = taps_of(i, src);
+      ring.dst[slot] = taps_of(i, src, nullptr);
       if (!prefetch) return;
-      const bool neighbour = unit_step && i > wr.a0 && pos[i] == pos[i - 1] + 1 &&
-                             pos[i] % g.Wo != 0;
       for (int64_t t = 0; t < taps; ++t) {
-        if (src[t] == nullptr || (neighbour && t % g.kw != g.kw - 1)) continue;
+        if (src[t] == nullptr) continue;
         for (int64_t c = 0; c < C; c += line_elems) __builtin_prefetch(src[t] + c);
       }
     };
     for (int64_t i = wr.a0; i < std::min(wr.a1, wr.a0 + kAhead); ++i) fill(i, false);
-    for (int64_t i = wr.a0; i < wr.a1;) {
+    for (int64_t i = wr.a0; i < wr.a1; ++i) {
       if (i + kAhead < wr.a1) fill(i + kAhead, true);
       const int64_t slot = (i - wr.a0) % kSlots;
-      const scalar_t** cur = ring.src.data() + slot * taps;
-      scalar_t* dst = ring.dst[slot];
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        if (use_avx512) {
-          if (run3x3 && i + R4 <= wr.a1 && pos[i + R4 - 1] == pos[i] + R4 - 1) {
-            const int64_t ox = pos[i] % g.Wo;
-            // Same output row, and every tap inside the image in x.
-            if (ox + R4 <= g.Wo && ox - g.pw >= 0 && ox + R4 - 1 - g.pw + 2 < g.W) {
-              const float* rows[3] = {cur[0], cur[3], cur[6]};
-              cpu::depthwise_run3x3(dst, os.x, rows, C, wp, bias, C);
-              // Prefetch-fill the pixels the run skipped over (after the run: these overwrite
-              // the ring slots of i .. i + R4 - 2, the run's own included).
-              for (int64_t k = 1; k < R4; ++k) {
-                if (i + k + kAhead < wr.a1) fill(i + k + kAhead, true);
-              }
-              i += R4;
-              continue;
-            }
-          }
-          cpu::depthwise_pixel(dst, os.c, cur, wp, bias, taps, C);
-          ++i;
-          continue;
-        }
-      }
-      dw_pixel(dst, os.c, cur, wp, bias, taps, C);
-      ++i;
+      dw_pixel(ring.dst[slot], os.c, ring.src.data() + slot * taps, wp, bias, taps, C);
     }
   });
 }
