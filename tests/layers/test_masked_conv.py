@@ -476,6 +476,25 @@ def test_depthwise_channel_blocks_and_chunks(c, k, stride, dilation, channels_la
 
 
 @needs_ops
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("padding", [0, 1])
+def test_pointwise_over_several_images(groups, channels_last, padding):
+    """A 1x1 convolution without padding reads input pixel f for output position f across the
+    whole batch (a fast path); with padding, positions and pixels differ."""
+    g = torch.Generator().manual_seed(groups)
+    x = torch.randn(3, 20, 23, 29, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(40, 20 // groups, 1, 1, generator=g)
+    b = torch.randn(40, generator=g)
+    mask = torch.rand(3, 1, 23 + 2 * padding, 29 + 2 * padding, generator=g) < 0.3
+    y = masked_conv2d(x, w, b, mask, 1, padding, 1, groups)
+    ref = masked_conv2d_dense(x, w, b, mask, 1, padding, 1, groups)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_ops
 def test_output_buffers_are_reused_and_fully_rewritten():
     """Large outputs come from the pool of freed outputs; a reused buffer holds the previous
     layer's values, so every position must be written again (computed or zero)."""
