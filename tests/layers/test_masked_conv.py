@@ -543,3 +543,21 @@ def test_output_pool_can_be_turned_off():
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                          check=True, cwd=ROOT)
     assert out.stdout.strip().splitlines()[-1] == "0"
+
+
+@needs_ops
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="2 MiB pages are a Linux path")
+def test_large_pooled_outputs_sit_on_huge_page_boundaries():
+    """Pooled outputs of >= 2 MiB start on a 2 MiB boundary (so that transparent huge pages can
+    back them) and are still exact."""
+    pool = torch.ops.dl_lib._masked_conv2d_output_pool
+    pool(True)
+    x = torch.randn(1, 64, 96, 128).contiguous(memory_format=torch.channels_last)  # 3 MB out
+    w = torch.randn(64, 64, 1, 1)
+    mask = torch.rand(1, 1, 96, 128, generator=torch.Generator().manual_seed(0)) < 0.5
+    y = masked_conv2d(x, w, None, mask)
+    assert y.data_ptr() % (2 << 20) == 0
+    torch.testing.assert_close(y, masked_conv2d_dense(x, w, None, mask, 1, 0, 1, 1),
+                               rtol=1e-4, atol=1e-4)
+    del y
+    pool(True)

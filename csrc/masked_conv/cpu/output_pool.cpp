@@ -9,6 +9,9 @@
 
 #include <cstdlib>
 #include <map>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #include <mutex>
 #include <string>
 #include <vector>
@@ -46,6 +49,25 @@ Pool& pool() {
     return q;
   }();
   return *p;
+}
+
+// Buffers of the pool live long and are rewritten by every layer that uses them, so they are
+// backed by 2 MiB pages where the kernel allows it (transparent huge pages in `madvise` mode):
+// a 25 MB output then spans 13 TLB entries instead of ~6000 4 KiB pages.
+constexpr int64_t kHugePage = 2 << 20;
+
+void* alloc_buffer(int64_t capacity) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (capacity >= kHugePage) {
+    void* ptr = nullptr;
+    const int64_t size = (capacity + kHugePage - 1) / kHugePage * kHugePage;
+    if (posix_memalign(&ptr, kHugePage, static_cast<size_t>(size)) == 0) {
+      madvise(ptr, static_cast<size_t>(size), MADV_HUGEPAGE);  // a hint: failure is harmless
+      return ptr;
+    }
+  }
+#endif
+  return c10::alloc_cpu(static_cast<size_t>(capacity));
 }
 
 // The DataPtr context: where to return the buffer and how big it is.
@@ -112,7 +134,7 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options,
       return wrap(ptr, cap, nbytes, sizes, opts, fmt);
     }
   }
-  return wrap(c10::alloc_cpu(static_cast<size_t>(capacity)), capacity, nbytes, sizes, opts, fmt);
+  return wrap(alloc_buffer(capacity), capacity, nbytes, sizes, opts, fmt);
 }
 
 int64_t output_pool_cached_bytes() {

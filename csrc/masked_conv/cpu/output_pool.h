@@ -12,7 +12,10 @@
 //
 // Bounded: buffers of at least kMinPooledBytes, at most `DL_LIB_MASKED_CONV_POOL_MB` MiB cached
 // (default 256; 0 turns the pool off); a buffer returned to a full cache is freed. The tensors
-// are ordinary CPU tensors except that their storage cannot be resized in place.
+// are ordinary CPU tensors except that their storage cannot be resized in place. Buffers of 2 MiB
+// or more are 2 MiB-aligned and advised for transparent huge pages (fewer TLB misses while a
+// layer writes 25 MB; a masked call right after a dense layer took ~0.55 instead of ~0.9 ms for
+// its zeros in an A/B on the dev VM).
 #pragma once
 
 #include <ATen/ATen.h>
