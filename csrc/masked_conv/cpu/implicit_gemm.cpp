@@ -28,7 +28,8 @@ template <int NV, int R>
 __attribute__((target("avx512f"))) void tile_nv(const float* const* a, int64_t taps, int64_t cg,
                                                 const float* panel, const float* bias,
                                                 int64_t ncols, float* const* dst,
-                                                int64_t dst_cstride, const float* const* next) {
+                                                int64_t dst_cstride, const float* const* next,
+                                                bool stream) {
   static_assert(R * NV <= 24 && R <= kMaxTileRows, "accumulators must fit in registers");
   constexpr int64_t ld = 16 * NV;  // panel row length
   __m512 acc[R][NV];
@@ -75,6 +76,11 @@ __attribute__((target("avx512f"))) void tile_nv(const float* const* a, int64_t t
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       if (dst[r] == nullptr) continue;
+      if (stream && tail == 16 && (reinterpret_cast<uintptr_t>(dst[r]) & 63) == 0) {
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) _mm512_stream_ps(dst[r] + 16 * v, acc[r][v]);
+        continue;
+      }
 #pragma GCC unroll 4
       for (int v = 0; v < NV - 1; ++v) _mm512_storeu_ps(dst[r] + 16 * v, acc[r][v]);
       _mm512_mask_storeu_ps(dst[r] + 16 * (NV - 1), last, acc[r][NV - 1]);
@@ -124,7 +130,8 @@ __attribute__((target("avx512f"))) void depthwise_block(float* const* dst, int64
                                                         const float* const* src, int64_t count,
                                                         int64_t taps, const float* w,
                                                         const float* bias, int64_t C, int64_t c0,
-                                                        __mmask16 m, int64_t next_lines) {
+                                                        __mmask16 m, int64_t next_lines,
+                                                        bool stream) {
   constexpr int TR = T > 0 ? T : 1;  // weight registers per vector
   const int64_t nt = T > 0 ? T : taps;
   const int64_t stride = nt;
@@ -160,7 +167,12 @@ __attribute__((target("avx512f"))) void depthwise_block(float* const* dst, int64
     for (int v = 0; v < V; ++v) {
       const __mmask16 mv = v + 1 == V ? m : 0xffff;
       if (dst_cstride == 1) {
-        _mm512_mask_storeu_ps(dst[p] + c0 + 16 * v, mv, acc[v]);
+        float* o = dst[p] + c0 + 16 * v;
+        if (stream && mv == 0xffff && (reinterpret_cast<uintptr_t>(o) & 63) == 0) {
+          _mm512_stream_ps(o, acc[v]);
+        } else {
+          _mm512_mask_storeu_ps(o, mv, acc[v]);
+        }
       } else {
         alignas(64) float tmp[16];
         _mm512_store_ps(tmp, acc[v]);
@@ -175,20 +187,21 @@ template <int T>
 __attribute__((target("avx512f"))) void depthwise_blocks(float* const* dst, int64_t dst_cstride,
                                                          const float* const* src, int64_t count,
                                                          int64_t taps, const float* w,
-                                                         const float* bias, int64_t C) {
+                                                         const float* bias, int64_t C,
+                                                         bool stream) {
   for (int64_t c0 = 0; c0 < C;) {
     const int64_t left = C - c0;
     if (left >= 32) {
       // Lines of the next block: two when it is a full one, one for a 16-or-fewer tail.
       const int64_t next_lines = left - 32 >= 32 ? 2 : (left - 32 > 0 ? 1 : 0);
       depthwise_block<T, 2>(dst, dst_cstride, src, count, taps, w, bias, C, c0, 0xffff,
-                            next_lines);
+                            next_lines, stream);
       c0 += 32;
     } else {
       const int64_t nc = left < 16 ? left : 16;
       const __mmask16 m = static_cast<__mmask16>((1u << nc) - 1u);
       depthwise_block<T, 1>(dst, dst_cstride, src, count, taps, w, bias, C, c0, m,
-                            left > 16 ? 1 : 0);
+                            left > 16 ? 1 : 0, stream);
       c0 += 16;
     }
   }
@@ -199,11 +212,12 @@ __attribute__((target("avx512f"))) void depthwise_blocks(float* const* dst, int6
 __attribute__((target("avx512f"))) void depthwise_pixels(float* const* dst, int64_t dst_cstride,
                                                          const float* const* src, int64_t count,
                                                          int64_t taps, const float* w,
-                                                         const float* bias, int64_t C) {
+                                                         const float* bias, int64_t C,
+                                                         bool stream) {
   if (taps == 9) {
-    depthwise_blocks<9>(dst, dst_cstride, src, count, taps, w, bias, C);
+    depthwise_blocks<9>(dst, dst_cstride, src, count, taps, w, bias, C, stream);
   } else {
-    depthwise_blocks<0>(dst, dst_cstride, src, count, taps, w, bias, C);
+    depthwise_blocks<0>(dst, dst_cstride, src, count, taps, w, bias, C, stream);
   }
 }
 
@@ -228,17 +242,17 @@ bool implicit_gemm_available() {
 
 void implicit_gemm_tile(const float* const* a, int64_t taps, int64_t cg, const float* panel,
                         const float* bias, int64_t ncols, float* const* dst,
-                        int64_t dst_cstride, const float* const* next) {
+                        int64_t dst_cstride, const float* const* next, bool stream) {
   // The row counts must match tile_rows(ncols) in implicit_gemm.h.
   switch ((ncols + 15) / 16) {
     case 1:
-      return tile_nv<1, 8>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next);
+      return tile_nv<1, 8>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next, stream);
     case 2:
-      return tile_nv<2, 8>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next);
+      return tile_nv<2, 8>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next, stream);
     case 3:
-      return tile_nv<3, 8>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next);
+      return tile_nv<3, 8>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next, stream);
     default:
-      return tile_nv<4, 6>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next);
+      return tile_nv<4, 6>(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next, stream);
   }
 }
 
@@ -247,14 +261,14 @@ void implicit_gemm_tile(const float* const* a, int64_t taps, int64_t cg, const f
 bool implicit_gemm_available() { return false; }
 
 void depthwise_pixels(float* const*, int64_t, const float* const*, int64_t, int64_t, const float*,
-                      const float*, int64_t) {}
+                      const float*, int64_t, bool) {}
 
 void zero_stream(float*, int64_t) {}
 
 void stream_fence() {}
 
 void implicit_gemm_tile(const float* const*, int64_t, int64_t, const float*, const float*,
-                        int64_t, float* const*, int64_t, const float* const*) {}
+                        int64_t, float* const*, int64_t, const float* const*, bool) {}
 
 #endif
 

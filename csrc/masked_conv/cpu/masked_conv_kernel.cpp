@@ -330,6 +330,8 @@ void run_units(int64_t units, const MakeState& make_state, const Fn& fn) {
   const auto work = [&](int64_t, int64_t) {
     auto state = make_state();
     for (int64_t u = next++; u < units; u = next++) fn(state, u);
+    // Non-temporal stores (zeros, streamed outputs) become visible to the caller's thread.
+    if (cpu::implicit_gemm_available()) cpu::stream_fence();
   };
   if (units <= 1) {
     work(0, 1);  // waking the team would cost more than it saves
@@ -469,6 +471,7 @@ void forward_implicit_gemm(const at::Tensor& x, const at::Tensor& weight, const 
   float* op = out.mutable_data_ptr<float>();
   const OutStrides os = out_strides(out);
   const int64_t hw = g.Ho * g.Wo;
+  const bool stream = out.nbytes() >= static_cast<size_t>(cpu::kStreamOutputBytes);
   // Work units: a range of output positions (work_units) x a range of the output-channel blocks.
   // Ranges hold >= 4 tiles of active pixels each, so that a weight panel read from L3/DRAM is
   // used by several tiles; when that leaves too few ranges to keep the threads busy (large
@@ -551,7 +554,7 @@ void forward_implicit_gemm(const at::Tensor& x, const at::Tensor& weight, const 
           for (int64_t t0 = 0; t0 < nr; t0 += R) {
             const float* const* next = t0 + R < nr ? s.a.data() + (t0 + R) * taps : nullptr;
             cpu::implicit_gemm_tile(s.a.data() + t0 * taps, taps, g.Cg, panel, bp, nc,
-                                    s.dst.data() + t0, os.c, next);
+                                    s.dst.data() + t0, os.c, next, stream);
           }
         }
       }
@@ -667,6 +670,7 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
       // Chunks of kChunk pixels through cpu::depthwise_pixels (channel block outer, see there).
       // The chunk's tap lines of one 32-channel block (32 x 9 x 128 B for 3x3) stay within L1.
       constexpr int64_t kChunk = 32;
+      const bool stream = out.nbytes() >= static_cast<size_t>(cpu::kStreamOutputBytes);
       const std::vector<float> zeros(static_cast<size_t>(C), 0.f);
       struct Chunk {
         std::vector<const float*> src;
@@ -684,7 +688,8 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
           for (int64_t k = 0; k < count; ++k) {
             ch.dst[k] = taps_of(i0 + k, ch.src.data() + k * taps, zeros.data());
           }
-          cpu::depthwise_pixels(ch.dst.data(), os.c, ch.src.data(), count, taps, wp, bias, C);
+          cpu::depthwise_pixels(ch.dst.data(), os.c, ch.src.data(), count, taps, wp, bias, C,
+                                stream);
         }
       });
       return;
