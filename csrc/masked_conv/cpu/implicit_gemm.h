@@ -53,8 +53,10 @@ void implicit_gemm_tile(const float* const* a, int64_t taps, int64_t cg, const f
 // zeros for taps in the padding (no branches in the tap loop); bias may be nullptr.
 // The channel block is the outer loop: a 3x3 block's 9 x 32 weights stay in registers while
 // every pixel of the chunk is computed, so each FMA needs one load (the input) instead of two,
-// and the next block's input lines are prefetched meanwhile. (Pixel-outer order with the weights
-// read from L1 was bound by those loads and by misses: about 2x slower at density 0.25.)
+// and the next block's input lines are prefetched meanwhile. (It replaced a pixel-outer kernel
+// that read the weights from L1 and shared loads between runs of 4 neighbours: 4-10 % faster at
+// density 0.25 when each is timed right after a dense layer, as in the benchmark. Layers this
+// thin are bound by memory traffic, not by this loop; see benchmarks/README.md.)
 void depthwise_pixels(float* const* dst, int64_t dst_cstride, const float* const* src,
                       int64_t count, int64_t taps, const float* w, const float* bias, int64_t C,
                       bool stream);
@@ -63,7 +65,8 @@ void depthwise_pixels(float* const* dst, int64_t dst_cstride, const float* const
 // alike; callers fence with stream_fence() before the result is read). They do not fit in a
 // core's L2, so the lines would be evicted before the next layer reads them anyway, and a plain
 // store first reads every line it writes (write allocate): streaming the computed pixels made
-// the sparse layers 10-35 % faster at d = 0.1-0.25 in interleaved A/B runs (depthwise most).
+// the sparse layers faster at d = 0.1-0.25 in interleaved A/B runs, each timed right after a
+// dense layer: depthwise 3x3 by 16-25 %, 1x1 by about 10 %, 3x3 by about 2 %.
 constexpr int64_t kStreamOutputBytes = 1 << 20;
 
 // Writes n zeros at p with non-temporal stores (no read-for-ownership of the lines); call
