@@ -180,7 +180,7 @@ class Timer:
     """Median times of callables after warm-up (CUDA events on GPU, perf_counter on CPU).
 
     ``pair`` alternates the two callables call by call, so slow drifts of a shared machine (other
-    jobs starting or stopping) hit dense and masked alike and cancel in the speedup.
+    jobs starting or stopping) hit dense and masked alike and cancel in the per-pair ratio.
     """
 
     def __init__(self, device: torch.device, min_time: float, min_reps: int, warmup: int):
@@ -202,7 +202,8 @@ class Timer:
         fn()
         return time.perf_counter() - t0
 
-    def pair(self, fn_a: Callable[[], object], fn_b: Callable[[], object]) -> tuple[float, float]:
+    def pair(self, fn_a: Callable[[], object], fn_b: Callable[[], object]) -> tuple[list, list]:
+        """Alternating samples of fn_a and fn_b (seconds), after warm-up."""
         for _ in range(self.warmup):
             fn_a()
             fn_b()
@@ -215,7 +216,7 @@ class Timer:
             times_b.append(self._once(fn_b))
             if len(times_a) >= 200:
                 break
-        return statistics.median(times_a), statistics.median(times_b)
+        return times_a, times_b
 
     def __call__(self, fn: Callable[[], object]) -> float:
         for _ in range(self.warmup):
@@ -289,7 +290,10 @@ def run_sweep(args) -> list[dict]:
           f"input={args.input_size[0]}x{args.input_size[1]} batch={args.batch} "
           f"format={args.memory_format} modes={','.join(modes)}")
 
-    rows = []
+    # Every cell (layer x mode x mask kind x density) is visited once per round, so that the slow
+    # spells of a shared VM (seconds long; they changed dense depthwise times by 2-3x between
+    # neighbouring cells) are spread over all cells instead of deciding a few.
+    cells = []
     gen = torch.Generator().manual_seed(args.seed)
     for spec in layers:
         x, wgt, bias, (ho, wo) = layer_tensors(
@@ -304,7 +308,7 @@ def run_sweep(args) -> list[dict]:
             bg = bias.detach().requires_grad_(mode == "fwdbwd")
             inputs = (xg, wg, bg)
 
-            def dense():
+            def dense(xg=xg, wg=wg, bg=bg, spec=spec):
                 return F.conv2d(xg, wg, bg, spec.stride, spec.padding, 1, spec.groups)
 
             dense_step = make_step(dense, mode, grad_out, inputs)
@@ -312,51 +316,82 @@ def run_sweep(args) -> list[dict]:
                 for d in densities:
                     mask = make_mask(kind, args.batch, ho, wo, d, gen).to(device)
 
-                    def masked(mask=mask):
+                    def masked(mask=mask, xg=xg, wg=wg, bg=bg, spec=spec):
                         return impl.sparse(xg, wg, bg, mask, spec)
 
-                    t_dense, t_masked = timer.pair(
-                        dense_step, make_step(masked, mode, grad_out, inputs))
-                    t_module = float("nan")
+                    module_step = None
                     if module is not None and d >= 1.0:
                         mparams = tuple(module.parameters())
                         mod_inputs = (xg, *mparams) if mode == "fwdbwd" else inputs
 
-                        def run_module(mask=mask):
+                        def run_module(mask=mask, module=module, xg=xg):
                             return module(xg, mask)
 
-                        try:
-                            t_module = timer(make_step(run_module, mode, grad_out, mod_inputs))
-                        except Exception as exc:  # report, keep sweeping
-                            print(f"warning: MaskedConv2d failed on {spec.name}: {exc}",
-                                  file=sys.stderr)
-                            module = None
-                    pix = float(mask.float().mean())
-                    speedup = t_dense / t_masked
-                    ideal = 1.0 / max(pix, 1e-9)
-                    row = dict(
-                        layer=spec.name, layer_kind=spec.kind,
-                        policy_key="/".join(policy_key(spec)), cin=spec.cin, cout=spec.cout,
-                        k=spec.k, stride=spec.stride, groups=spec.groups,
-                        in_h=x.shape[2], in_w=x.shape[3], mode=mode, mask=kind,
-                        density=d, pixel_density=pix, block8_density=block_density(mask.cpu()),
-                        dense_ms=t_dense * 1e3, masked_ms=t_masked * 1e3,
-                        module_ms=t_module * 1e3, speedup=speedup, ideal=ideal,
-                        ratio=speedup / ideal,
-                    )
-                    rows.append(row)
-                    print_row(row, header=len(rows) == 1)
+                        module_step = make_step(run_module, mode, grad_out, mod_inputs)
+                    cells.append(dict(
+                        spec=spec, mode=mode, kind=kind, density=d, mask=mask,
+                        in_hw=(x.shape[2], x.shape[3]), dense=dense_step,
+                        masked=make_step(masked, mode, grad_out, inputs), module=module_step,
+                        dense_s=[], masked_s=[], module_s=float("nan"),
+                        module_vs_dense=float("nan")))
+    rounds = max(1, args.rounds)
+    timer.min_time = args.min_time / rounds
+    timer.min_reps = max(1, math.ceil(args.min_reps / rounds))
+    t0 = time.perf_counter()
+    for r in range(rounds):
+        for i, cell in enumerate(cells):
+            t_dense, t_masked = timer.pair(cell["dense"], cell["masked"])
+            cell["dense_s"] += t_dense
+            cell["masked_s"] += t_masked
+            if r == rounds - 1 and cell["module"] is not None:
+                try:
+                    # Paired with dense as well: the fallback's cost is a ratio to dense.
+                    t_d, t_m = timer.pair(cell["dense"], cell["module"])
+                    cell["module_s"] = statistics.median(t_m)
+                    cell["module_vs_dense"] = statistics.median(m / d for d, m in zip(t_d, t_m))
+                except Exception as exc:  # report, keep sweeping
+                    print(f"warning: MaskedConv2d failed on {cell['spec'].name}: {exc}",
+                          file=sys.stderr)
+            last = i + 1 == len(cells) or cells[i + 1]["spec"] is not cell["spec"]
+            if last:
+                print(f"# round {r + 1}/{rounds}: {cell['spec'].name} done "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    rows = []
+    for cell in cells:
+        spec, mask = cell["spec"], cell["mask"]
+        pix = float(mask.float().mean())
+        t_dense = statistics.median(cell["dense_s"])
+        t_masked = statistics.median(cell["masked_s"])
+        # The ratio of each dense call to the masked call right after it, then the median: a
+        # pair shares the machine's state of that moment.
+        speedup = statistics.median(a / b for a, b in zip(cell["dense_s"], cell["masked_s"]))
+        ideal = 1.0 / max(pix, 1e-9)
+        row = dict(
+            layer=spec.name, layer_kind=spec.kind,
+            policy_key="/".join(policy_key(spec)), cin=spec.cin, cout=spec.cout,
+            k=spec.k, stride=spec.stride, groups=spec.groups,
+            in_h=cell["in_hw"][0], in_w=cell["in_hw"][1], mode=cell["mode"], mask=cell["kind"],
+            density=cell["density"], pixel_density=pix, block8_density=block_density(mask.cpu()),
+            dense_ms=t_dense * 1e3, masked_ms=t_masked * 1e3,
+            module_ms=cell["module_s"] * 1e3, module_vs_dense=cell["module_vs_dense"],
+            speedup=speedup, ideal=ideal,
+            ratio=speedup / ideal, pairs=len(cell["dense_s"]),
+        )
+        rows.append(row)
+        print_row(row, header=len(rows) == 1)
     return rows
 
 
 COLUMNS = (
     ("layer", "{}"), ("mode", "{}"), ("mask", "{}"), ("density", "{:.2f}"),
     ("block8_density", "{:.2f}"), ("dense_ms", "{:.3f}"), ("masked_ms", "{:.3f}"),
-    ("module_ms", "{:.3f}"), ("speedup", "{:.2f}"), ("ideal", "{:.1f}"), ("ratio", "{:.2f}"),
+    ("module_ms", "{:.3f}"), ("module_vs_dense", "{:.2f}"), ("speedup", "{:.2f}"),
+    ("ideal", "{:.1f}"), ("ratio", "{:.2f}"),
 )
 HEADERS = ("layer", "mode", "mask", "d", "d_b8", "dense ms", "masked ms", "module ms",
-           "speedup", "ideal", "speedup/ideal")
-WIDTHS = (26, 6, 8, 5, 5, 9, 9, 9, 7, 6, 13)
+           "module/dense", "speedup", "ideal", "speedup/ideal")
+WIDTHS = (26, 6, 8, 5, 5, 9, 9, 9, 12, 7, 6, 13)
 
 
 def _fmt(row, key, spec):
@@ -556,7 +591,11 @@ def parse_args(argv=None):
     parser.add_argument("--layers", nargs="+", default=None,
                         help="substrings of layer names to keep")
     parser.add_argument("--min-time", type=float, default=None,
-                        help="seconds of timed runs per measurement and side (default 0.1)")
+                        help="seconds of timed runs per measurement and side, over all rounds "
+                             "(default 0.1)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="passes over all cells, each taking its share of --min-time and "
+                             "--min-reps (default 3 on CPU, 1 on CUDA)")
     parser.add_argument("--min-reps", type=int, default=None,
                         help="timed pairs at least (default 7 on CPU, 3 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="default 1 on CPU, 5 on CUDA")
@@ -575,7 +614,9 @@ def parse_args(argv=None):
     if args.min_time is None:
         args.min_time = 0.1
     if args.min_reps is None:
-        args.min_reps = 7 if args.device == "cpu" else 3
+        args.min_reps = 9 if args.device == "cpu" else 3
+    if args.rounds is None:
+        args.rounds = 3 if args.device == "cpu" else 1
     if args.warmup is None:
         args.warmup = 1 if args.device == "cpu" else 5
     return args
