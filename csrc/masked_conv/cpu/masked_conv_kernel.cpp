@@ -313,9 +313,13 @@ std::vector<WorkRange> work_units(const std::vector<int64_t>& pos, int64_t total
                                   int64_t min_actives = 1, int64_t align = 1) {
   const int64_t M = static_cast<int64_t>(pos.size());
   const double work = double(total - M) * double(inactive_cost) + double(M) * double(active_cost);
+  const int64_t threads = static_cast<int64_t>(at::get_num_threads());
+  const int64_t by_work = static_cast<int64_t>(work / (1 << 17));
+  // Few active positions still leave the zeros to share: at least one unit per thread when the
+  // work is large (an empty or one-pixel mask used to zero a 25 MB output on one thread).
   const int64_t parts = std::max<int64_t>(
-      1, std::min({16 * static_cast<int64_t>(at::get_num_threads()),
-                   static_cast<int64_t>(work / (1 << 17)), M / std::max<int64_t>(1, min_actives)}));
+      {1, std::min(threads, by_work),
+       std::min({16 * threads, by_work, M / std::max<int64_t>(1, min_actives)})});
   const int64_t ratio = std::max<int64_t>(1, active_cost / std::max<int64_t>(1, inactive_cost));
   return split_work(pos, total, parts, ratio, align);
 }
