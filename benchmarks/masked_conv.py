@@ -294,6 +294,7 @@ def run_sweep(args) -> list[dict]:
     # spells of a shared VM (seconds long; they changed dense depthwise times by 2-3x between
     # neighbouring cells) are spread over all cells instead of deciding a few.
     cells = []
+    floors: dict = {}
     gen = torch.Generator().manual_seed(args.seed)
     for spec in layers:
         x, wgt, bias, (ho, wo) = layer_tensors(
@@ -312,6 +313,16 @@ def run_sweep(args) -> list[dict]:
                 return F.conv2d(xg, wg, bg, spec.stride, spec.padding, 1, spec.groups)
 
             dense_step = make_step(dense, mode, grad_out, inputs)
+            if mode == "fwd":
+                # An all-zero mask: the masked call then only writes its zeros, the floor of what
+                # any mask costs on this layer (the output is dense whatever the density).
+                empty = torch.zeros(args.batch, 1, ho, wo, dtype=torch.bool, device=device)
+
+                def write_only(mask=empty, xg=xg, wg=wg, bg=bg, spec=spec):
+                    return impl.sparse(xg, wg, bg, mask, spec)
+
+                floors[spec.name] = dict(dense=dense_step,
+                                         empty=make_step(write_only, mode, grad_out, inputs))
             for kind in kinds:
                 for d in densities:
                     mask = make_mask(kind, args.batch, ho, wo, d, gen).to(device)
@@ -353,6 +364,11 @@ def run_sweep(args) -> list[dict]:
                     print(f"warning: MaskedConv2d failed on {cell['spec'].name}: {exc}",
                           file=sys.stderr)
             last = i + 1 == len(cells) or cells[i + 1]["spec"] is not cell["spec"]
+            floor = floors.get(cell["spec"].name)
+            if last and r == rounds - 1 and floor is not None:
+                t_d, t_e = timer.pair(floor["dense"], floor["empty"])
+                floor["ms"] = statistics.median(t_e) * 1e3
+                floor["speedup"] = statistics.median(d / e for d, e in zip(t_d, t_e))
             if last:
                 print(f"# round {r + 1}/{rounds}: {cell['spec'].name} done "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -378,6 +394,9 @@ def run_sweep(args) -> list[dict]:
             speedup=speedup, ideal=ideal,
             ratio=speedup / ideal, pairs=len(cell["dense_s"]),
         )
+        floor = floors.get(spec.name, {}) if cell["mode"] == "fwd" else {}
+        row["empty_mask_ms"] = floor.get("ms", float("nan"))
+        row["max_speedup"] = floor.get("speedup", float("nan"))
         rows.append(row)
         print_row(row, header=len(rows) == 1)
     return rows
@@ -516,6 +535,16 @@ def save_outputs(rows: list[dict], summary: dict, args) -> list[str]:
                 f"image {cfg['input_size'][0]}x{cfg['input_size'][1]}, batch {cfg['batch']}, "
                 f"{cfg['memory_format']}, torch {cfg['torch']}, {cfg['seconds']} s)\n\n")
         f.write(pivot_tables(rows) + "\n")
+        floors = {r["layer"]: r for r in rows if r["mode"] == "fwd"
+                  and not math.isnan(r.get("max_speedup", float("nan")))}
+        if floors:
+            f.write("Output-write floor (fwd): an all-zero mask, so the masked call only writes "
+                    "its zeros; dense / that is the most any mask can gain on the layer.\n\n"
+                    "| layer | dense ms | all-zero mask ms | max speedup |\n|---|---|---|---|\n")
+            for layer, r in floors.items():
+                f.write(f"| {layer} | {r['dense_ms']:.2f} | {r['empty_mask_ms']:.3f} | "
+                        f"{r['max_speedup']:.1f} |\n")
+            f.write("\n")
         f.write("Break-even density per policy key (median crossover over layers and masks):\n\n")
         for mode, table in summary["break_even"]["per_kind"].items():
             f.write(f"* {mode}: " + ", ".join(f"`{k}` {v:.2f}" for k, v in sorted(table.items()))
@@ -638,6 +667,13 @@ def main(argv=None) -> int:
     }
     if args.device == "cuda":
         config["gpu"] = torch.cuda.get_device_name()
+    floor_rows = {r["layer"]: r for r in rows if r["mode"] == "fwd"
+                  and not math.isnan(r.get("max_speedup", float("nan")))}
+    if floor_rows:
+        print("\n# output-write floor (fwd, all-zero mask): layer, dense ms, masked ms, max speedup")
+        for layer, r in floor_rows.items():
+            print(f"#   {layer:26s} {r['dense_ms']:9.3f} {r['empty_mask_ms']:9.3f} "
+                  f"{r['max_speedup']:6.1f}")
     print("\n# break-even density per policy key (median crossover over layers and masks):")
     for mode, table in be["per_kind"].items():
         print(f"#   {mode}: " + ", ".join(f"{k}={v:.2f}" for k, v in sorted(table.items())))

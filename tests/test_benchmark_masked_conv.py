@@ -27,8 +27,12 @@ def test_quick_sweep_writes_table_plot_and_break_even(tmp_path):
         # Only the all-active cells time MaskedConv2d (its dense fallback), paired with dense.
         full = float(row["density"]) >= 1.0
         assert (float(row["module_vs_dense"]) > 0) == full
+        # Every fwd row carries its layer's output-write floor (all-zero mask, paired).
+        assert float(row["empty_mask_ms"]) > 0 and float(row["max_speedup"]) > 0
     summary = json.loads((tmp_path / "masked_conv_cpu.json").read_text())
     assert set(summary["break_even"]["per_kind"]["fwd"]) == {"kxk/le64", "depthwise/gt128",
                                                              "1x1/gt128"}
     assert (tmp_path / "masked_conv_cpu.png").stat().st_size > 10_000
-    assert "speedup over dense" in (tmp_path / "masked_conv_cpu.md").read_text()
+    md = (tmp_path / "masked_conv_cpu.md").read_text()
+    assert "speedup over dense" in md and "Output-write floor" in md
+    assert "output-write floor" in out.stdout
