@@ -538,6 +538,19 @@ def save_outputs(rows: list[dict], summary: dict, args) -> list[str]:
                 f"image {cfg['input_size'][0]}x{cfg['input_size'][1]}, batch {cfg['batch']}, "
                 f"{cfg['memory_format']}, torch {cfg['torch']}, {cfg['seconds']} s)\n\n")
         f.write(pivot_tables(rows) + "\n")
+        full = [r for r in rows if r["density"] >= 1.0 and not math.isnan(r["module_vs_dense"])]
+        if full:
+            f.write("`MaskedConv2d` (dense fallback on) at d = 1.0, medians over the mask kinds; "
+                    "module / dense is the median ratio of paired calls:\n\n"
+                    "| layer | mode | dense ms | masked ms (no fallback) | MaskedConv2d ms | "
+                    "module / dense |\n|---|---|---|---|---|---|\n")
+            for key in dict.fromkeys((r["layer"], r["mode"]) for r in full):
+                rs = [r for r in full if (r["layer"], r["mode"]) == key]
+                med = {k: statistics.median(r[k] for r in rs)
+                       for k in ("dense_ms", "masked_ms", "module_ms", "module_vs_dense")}
+                f.write(f"| {key[0]} | {key[1]} | {med['dense_ms']:.2f} | {med['masked_ms']:.2f} | "
+                        f"{med['module_ms']:.2f} | {med['module_vs_dense']:.2f} |\n")
+            f.write("\n")
         floors = {r["layer"]: r for r in rows if r["mode"] == "fwd"
                   and not math.isnan(r.get("max_speedup", float("nan")))}
         if floors:
@@ -633,6 +646,9 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=None, help="default 1 on CPU, 5 on CUDA")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join("output", "benchmarks"))
+    parser.add_argument("--from-json", default=None, metavar="PATH",
+                        help="rewrite the csv/md/png of a saved masked_conv_<device>.json into "
+                             "--out without measuring")
     parser.add_argument("--write-policy", action="store_true",
                         help="store the measured break-even densities in the fallback policy")
     parser.add_argument("--policy-mode", choices=("fwd", "fwdbwd", "all"), default="all",
@@ -656,6 +672,14 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        # Rebuild the tables and the plot of an earlier run without measuring again.
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        args.device = saved["config"]["device"]
+        paths = save_outputs(saved["rows"], saved, args)
+        print("# wrote " + ", ".join(paths))
+        return 0
     start = time.perf_counter()
     rows = run_sweep(args)
     if not rows:

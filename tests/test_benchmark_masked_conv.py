@@ -34,5 +34,14 @@ def test_quick_sweep_writes_table_plot_and_break_even(tmp_path):
                                                              "1x1/gt128"}
     assert (tmp_path / "masked_conv_cpu.png").stat().st_size > 10_000
     md = (tmp_path / "masked_conv_cpu.md").read_text()
-    assert "speedup over dense" in md and "Output-write floor" in md
+    assert "speedup over dense" in md and "Output-write floor" in md and "module / dense" in md
     assert "output-write floor" in out.stdout
+
+    # The tables and plot can be rebuilt from the saved JSON without measuring.
+    again = tmp_path / "again"
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "masked_conv.py"),
+                    "--from-json", str(tmp_path / "masked_conv_cpu.json"), "--out", str(again)],
+                   capture_output=True, text=True, check=True, cwd=ROOT,
+                   env=dict(os.environ, PYTHONPATH=ROOT))
+    assert (again / "masked_conv_cpu.md").read_text() == md
+    assert (again / "masked_conv_cpu.png").stat().st_size > 10_000

@@ -39,18 +39,18 @@ DEFAULT_BREAK_EVEN = 0.5
 #   2 threads, fwd break-even, torch 2.14.1+cu130)
 #   on 2026-11-21.
 BREAK_EVEN: Dict[Tuple[str, str, str], float] = {
-    ('1x1', 'gt128', 'cpu'): 0.996,
+    ('1x1', 'gt128', 'cpu'): 1,
     ('1x1', 'le128', 'cpu'): 1,
     ('1x1', 'le32', 'cpu'): 0.4,
     ('1x1', 'le64', 'cpu'): 0.8,
     ('depthwise', 'gt128', 'cpu'): 1,
-    ('depthwise', 'le128', 'cpu'): 1,
+    ('depthwise', 'le128', 'cpu'): 0.983,
     ('depthwise', 'le32', 'cpu'): 0.2,
     ('depthwise', 'le64', 'cpu'): 0.8,
     ('kxk', 'gt128', 'cpu'): 1,
-    ('kxk', 'le128', 'cpu'): 0.998,
-    ('kxk', 'le32', 'cpu'): 0.733,
-    ('kxk', 'le64', 'cpu'): 0.948,
+    ('kxk', 'le128', 'cpu'): 1,
+    ('kxk', 'le32', 'cpu'): 0.74,
+    ('kxk', 'le64', 'cpu'): 0.949,
     ('1x1', 'gt128', 'cuda'): 0.5,
     ('1x1', 'le128', 'cuda'): 0.4,
     ('1x1', 'le32', 'cuda'): 0.2,
@@ -74,14 +74,14 @@ BREAK_EVEN: Dict[Tuple[str, str, str], float] = {
 #   2 threads, fwdbwd break-even, torch 2.14.1+cu130)
 #   on 2026-11-21.
 BREAK_EVEN_TRAINING: Dict[Tuple[str, str, str], float] = {
-    ('1x1', 'gt128', 'cpu'): 0.491,
-    ('1x1', 'le128', 'cpu'): 0.386,
-    ('depthwise', 'gt128', 'cpu'): 0.678,
-    ('depthwise', 'le128', 'cpu'): 0.724,
-    ('kxk', 'gt128', 'cpu'): 0.664,
-    ('kxk', 'le128', 'cpu'): 0.717,
-    ('kxk', 'le32', 'cpu'): 0.239,
-    ('kxk', 'le64', 'cpu'): 0.619,
+    ('1x1', 'gt128', 'cpu'): 0.398,
+    ('1x1', 'le128', 'cpu'): 0.349,
+    ('depthwise', 'gt128', 'cpu'): 0.805,
+    ('depthwise', 'le128', 'cpu'): 0.995,
+    ('kxk', 'gt128', 'cpu'): 0.695,
+    ('kxk', 'le128', 'cpu'): 0.731,
+    ('kxk', 'le32', 'cpu'): 0.391,
+    ('kxk', 'le64', 'cpu'): 0.715,
 }
 # END BREAK_EVEN_TRAINING TABLE
 
