@@ -41,13 +41,20 @@ def conv_output_size(size: Sequence[int], kernel_size: IntPair, stride: IntPair 
 
 def masked_conv2d_dense(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                         mask: torch.Tensor, stride: IntPair = 1, padding: IntPair = 0,
-                        dilation: IntPair = 1, groups: int = 1) -> torch.Tensor:
-    """Dense convolution, then zero the inactive outputs (costs a full dense conv)."""
+                        dilation: IntPair = 1, groups: int = 1,
+                        all_active: Optional[bool] = None) -> torch.Tensor:
+    """Dense convolution, then zero the inactive outputs (costs a full dense conv).
+
+    ``all_active``: whether every position of ``mask`` is active, when the caller already knows
+    (the dense fallback has counted them); None checks on CPU.
+    """
     y = F.conv2d(input, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups)
     # This is also the dense fallback of MaskedConv2d, which must cost no more than F.conv2d:
-    # multiply in place (conv2d's backward does not need its output), and on CPU skip the pass
-    # entirely for an all-active mask (on CUDA the check would synchronise with the host).
-    if y.device.type == "cpu" and bool(mask.all()):
+    # multiply in place (conv2d's backward does not need its output), and skip the pass entirely
+    # for an all-active mask (checked on CPU only: on CUDA the check would synchronise).
+    if all_active is None:
+        all_active = y.device.type == "cpu" and bool(mask.all())
+    if all_active:
         return y
     return y.mul_(mask.to(dtype=y.dtype))
 

@@ -239,6 +239,14 @@ def test_dense_fallback_follows_policy(monkeypatch):
     calls.clear()
     mc.masked_conv2d(x, w, None, sparse, 1, 1, dense_fallback=True)
     assert bool(calls) == (not dl_lib.has_compiled_ops())
+    # Above the break-even point but not all active: the fallback still zeroes the hole.
+    calls.clear()
+    almost = full.clone()
+    almost[0, 0, 2, 3] = False
+    y = mc.masked_conv2d(x, w, None, almost, 1, 1, dense_fallback=True)
+    assert calls
+    torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1) * almost)
+    assert float(y[0, :, 2, 3].abs().sum()) == 0.0
 
 
 def test_policy_table_and_writer(tmp_path):
