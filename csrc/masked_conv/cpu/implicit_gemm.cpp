@@ -108,9 +108,9 @@ __attribute__((target("avx512f"))) void tile_nv(const float* const* a, int64_t t
 // the taps form a chain of dependent FMAs (4 cycles each) that bounded the loop by latency.
 namespace {
 
-// Prefetches the lines of pixel taps s[0..T) that the next channel block will read (ch floats
-// from c): a block's loads all miss otherwise, since every block reads new lines of scattered
-// pixels that no hardware prefetcher predicts.
+// Prefetches, for each tap s[t] of a pixel, the `lines` 64-byte lines from channel c that the
+// next channel block will read: a block's loads all miss otherwise, since every block reads new
+// lines of scattered pixels that no hardware prefetcher predicts.
 template <int T>
 __attribute__((target("avx512f"))) inline void prefetch_taps(const float* const* s, int64_t taps,
                                                              int64_t c, int64_t lines) {
