@@ -278,7 +278,6 @@ def run_sweep(args) -> list[dict]:
     else:
         torch.backends.cudnn.benchmark = True
     impl = MaskedImpl()
-    timer = Timer(device, args.min_time, args.min_reps, args.warmup)
     modes = ("fwd", "fwdbwd") if args.mode == "both" else (args.mode,)
     layers = [l for l in LAYERS if not args.layers or any(s in l.name for s in args.layers)]
     if args.quick:
@@ -347,12 +346,12 @@ def run_sweep(args) -> list[dict]:
                         module_vs_dense=float("nan")))
     rounds = max(1, args.rounds)
     full_timer = Timer(device, args.min_time, args.min_reps, args.warmup)
-    timer.min_time = args.min_time / rounds
-    timer.min_reps = max(1, math.ceil(args.min_reps / rounds))
+    round_timer = Timer(device, args.min_time / rounds, max(1, math.ceil(args.min_reps / rounds)),
+                        args.warmup)
     t0 = time.perf_counter()
     for r in range(rounds):
         for i, cell in enumerate(cells):
-            t_dense, t_masked = timer.pair(cell["dense"], cell["masked"])
+            t_dense, t_masked = round_timer.pair(cell["dense"], cell["masked"])
             cell["dense_s"] += t_dense
             cell["masked_s"] += t_masked
             if r == rounds - 1 and cell["module"] is not None:

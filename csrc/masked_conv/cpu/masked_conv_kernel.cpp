@@ -668,6 +668,17 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
     }
     return op + n * os.n + oy * os.y + ox * os.x;
   };
+  // Each thread's tap and output pointers for `pixels` pixels at a time.
+  struct TapPointers {
+    std::vector<const scalar_t*> src;
+    std::vector<scalar_t*> dst;
+  };
+  const auto tap_pointers = [&](int64_t pixels) {
+    return [=] {
+      return TapPointers{std::vector<const scalar_t*>(static_cast<size_t>(pixels * taps)),
+                         std::vector<scalar_t*>(static_cast<size_t>(pixels))};
+    };
+  };
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (cpu::implicit_gemm_available()) {
       // Chunks of kChunk pixels through cpu::depthwise_pixels (channel block outer, see there).
@@ -677,15 +688,8 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
       constexpr int64_t kChunk = 32;
       const bool stream = out.nbytes() >= static_cast<size_t>(cpu::kStreamOutputBytes);
       const std::vector<float> zeros(static_cast<size_t>(C), 0.f);
-      struct Chunk {
-        std::vector<const float*> src;
-        std::vector<float*> dst;
-      };
-      const auto make_chunk = [&] {
-        return Chunk{std::vector<const float*>(static_cast<size_t>(kChunk * taps)),
-                     std::vector<float*>(static_cast<size_t>(kChunk))};
-      };
-      run_units(static_cast<int64_t>(units.size()), make_chunk, [&](Chunk& ch, int64_t u) {
+      run_units(static_cast<int64_t>(units.size()), tap_pointers(kChunk),
+                [&](TapPointers& ch, int64_t u) {
         const WorkRange& wr = units[u];
         zero_inactive(op, os, g, pos, wr);
         for (int64_t i0 = wr.a0; i0 < wr.a1; i0 += kChunk) {
@@ -707,15 +711,8 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
   constexpr int64_t kAhead = 4;
   constexpr int64_t kSlots = kAhead + 1;
   const int64_t line_elems = 64 / static_cast<int64_t>(sizeof(scalar_t));
-  struct Ring {
-    std::vector<const scalar_t*> src;
-    std::vector<scalar_t*> dst;
-  };
-  const auto make_ring = [&] {
-    return Ring{std::vector<const scalar_t*>(static_cast<size_t>(kSlots * taps)),
-                std::vector<scalar_t*>(static_cast<size_t>(kSlots))};
-  };
-  run_units(static_cast<int64_t>(units.size()), make_ring, [&](Ring& ring, int64_t u) {
+  run_units(static_cast<int64_t>(units.size()), tap_pointers(kSlots),
+            [&](TapPointers& ring, int64_t u) {
     const WorkRange& wr = units[u];
     zero_inactive(op, os, g, pos, wr);
     const auto fill = [&](int64_t i, bool prefetch) {
