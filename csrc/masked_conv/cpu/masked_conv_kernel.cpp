@@ -650,14 +650,29 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
   const int64_t hw = g.Ho * g.Wo;
   const int64_t C = g.C, taps = g.taps();
   const std::vector<WorkRange> units = work_units(pos, g.N * hw, C, C + taps * C / 2);
+  // Offsets of the taps from the receptive field's top-left input pixel, and its extent.
+  std::vector<int64_t> tap_offset(static_cast<size_t>(taps));
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      tap_offset[ky * g.kw + kx] = (ky * g.dh * g.W + kx * g.dw) * C;
+    }
+  }
+  const int64_t extent_h = (g.kh - 1) * g.dh, extent_w = (g.kw - 1) * g.dw;
   // Tap pointers of active pixel i into src[0..taps) (`padding` for taps in the padding);
-  // returns its output pointer.
+  // returns its output pointer. Receptive fields inside the image (all but a border of
+  // `padding` pixels) skip the per-tap bounds checks: with 128 channels these pointers cost a
+  // third as much as the FMAs.
   const auto taps_of = [&](int64_t i, const scalar_t** src, const scalar_t* padding) {
     const int64_t idx = pos[i];
     const int64_t n = idx / hw, rem = idx % hw;
     const int64_t oy = rem / g.Wo, ox = rem % g.Wo;
     const int64_t iy0 = oy * g.sh - g.ph, ix0 = ox * g.sw - g.pw;
     const scalar_t* img = xp + n * g.H * g.W * C;
+    if (iy0 >= 0 && ix0 >= 0 && iy0 + extent_h < g.H && ix0 + extent_w < g.W) {
+      const scalar_t* corner = img + (iy0 * g.W + ix0) * C;
+      for (int64_t t = 0; t < taps; ++t) src[t] = corner + tap_offset[t];
+      return op + n * os.n + oy * os.y + ox * os.x;
+    }
     for (int64_t ky = 0; ky < g.kh; ++ky) {
       const int64_t iy = iy0 + ky * g.dh;
       for (int64_t kx = 0; kx < g.kw; ++kx) {
