@@ -37,20 +37,20 @@ DEFAULT_BREAK_EVEN = 0.5
 # BEGIN BREAK_EVEN TABLE
 # Produced by: python benchmarks/masked_conv.py --device cpu --threads 2 --write-policy (float32,
 #   2 threads, fwd break-even, torch 2.14.1+cu130)
-#   on 2026-11-21.
+#   on 2026-11-22.
 BREAK_EVEN: Dict[Tuple[str, str, str], float] = {
-    ('1x1', 'gt128', 'cpu'): 1,
+    ('1x1', 'gt128', 'cpu'): 0.991,
     ('1x1', 'le128', 'cpu'): 1,
     ('1x1', 'le32', 'cpu'): 0.4,
     ('1x1', 'le64', 'cpu'): 0.8,
     ('depthwise', 'gt128', 'cpu'): 1,
-    ('depthwise', 'le128', 'cpu'): 0.983,
+    ('depthwise', 'le128', 'cpu'): 1,
     ('depthwise', 'le32', 'cpu'): 0.2,
     ('depthwise', 'le64', 'cpu'): 0.8,
     ('kxk', 'gt128', 'cpu'): 1,
-    ('kxk', 'le128', 'cpu'): 1,
-    ('kxk', 'le32', 'cpu'): 0.74,
-    ('kxk', 'le64', 'cpu'): 0.949,
+    ('kxk', 'le128', 'cpu'): 0.999,
+    ('kxk', 'le32', 'cpu'): 0.781,
+    ('kxk', 'le64', 'cpu'): 0.966,
     ('1x1', 'gt128', 'cuda'): 0.5,
     ('1x1', 'le128', 'cuda'): 0.4,
     ('1x1', 'le32', 'cuda'): 0.2,
@@ -72,16 +72,16 @@ BREAK_EVEN: Dict[Tuple[str, str, str], float] = {
 # BEGIN BREAK_EVEN_TRAINING TABLE
 # Produced by: python benchmarks/masked_conv.py --device cpu --threads 2 --write-policy (float32,
 #   2 threads, fwdbwd break-even, torch 2.14.1+cu130)
-#   on 2026-11-21.
+#   on 2026-11-22.
 BREAK_EVEN_TRAINING: Dict[Tuple[str, str, str], float] = {
-    ('1x1', 'gt128', 'cpu'): 0.398,
-    ('1x1', 'le128', 'cpu'): 0.349,
-    ('depthwise', 'gt128', 'cpu'): 0.805,
-    ('depthwise', 'le128', 'cpu'): 0.995,
-    ('kxk', 'gt128', 'cpu'): 0.695,
-    ('kxk', 'le128', 'cpu'): 0.731,
-    ('kxk', 'le32', 'cpu'): 0.391,
-    ('kxk', 'le64', 'cpu'): 0.715,
+    ('1x1', 'gt128', 'cpu'): 0.268,
+    ('1x1', 'le128', 'cpu'): 0.303,
+    ('depthwise', 'gt128', 'cpu'): 0.691,
+    ('depthwise', 'le128', 'cpu'): 0.721,
+    ('kxk', 'gt128', 'cpu'): 0.701,
+    ('kxk', 'le128', 'cpu'): 0.749,
+    ('kxk', 'le32', 'cpu'): 0.367,
+    ('kxk', 'le64', 'cpu'): 0.734,
 }
 # END BREAK_EVEN_TRAINING TABLE
 
