@@ -199,7 +199,7 @@ __attribute__((target("avx512f"))) void depthwise_block(float* const* dst, int64
           for (int v = 0; v < V; ++v) {
             const __mmask16 mv = v + 1 == V ? m : 0xffff;
             const __m512 x = _mm512_maskz_loadu_ps(mv, s[q * stride + t] + c0 + 16 * v);
-            acc[q][v] = _mm512_fmadd_ps(x, wr[v][T > 0 ? t : 0], acc[q][v]);
+            acc[q][v] = _mm512_fmadd_ps(x, wr[v][t], acc[q][v]);
           }
         }
       }

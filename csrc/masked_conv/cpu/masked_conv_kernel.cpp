@@ -659,9 +659,9 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
   }
   const int64_t extent_h = (g.kh - 1) * g.dh, extent_w = (g.kw - 1) * g.dw;
   // Tap pointers of active pixel i into src[0..taps) (`padding` for taps in the padding);
-  // returns its output pointer. Receptive fields inside the image (all but a border of
-  // `padding` pixels) skip the per-tap bounds checks: with 128 channels these pointers cost a
-  // third as much as the FMAs.
+  // returns its output pointer. Receptive fields inside the image (all pixels but a border as
+  // wide as the convolution's padding) skip the per-tap bounds checks: with 128 channels these
+  // pointers cost a third as much as the FMAs.
   const auto taps_of = [&](int64_t i, const scalar_t** src, const scalar_t* padding) {
     const int64_t idx = pos[i];
     const int64_t n = idx / hw, rem = idx % hw;
