@@ -22,6 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dl_lib.config import CfgNode
+from dl_lib.playground import LOGGER_NAME as PLAYGROUND_LOGGER
 from dl_lib.utils import comm
 from dl_lib.utils.collect_env import collect_env_info
 from dl_lib.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
@@ -138,6 +139,8 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> No
     os.makedirs(output_dir, exist_ok=True)
     setup_logger(output_dir, distributed_rank=rank, name="dl_lib")
     setup_logger(output_dir, distributed_rank=rank, name="fvcore")
+    # Modules of playground folders (config.py, net.py) log under dl_playground.<folder>.
+    setup_logger(output_dir, distributed_rank=rank, name=PLAYGROUND_LOGGER)
 
     logger.info(f"Rank of current process: {rank}. World size: {comm.get_world_size()}")
     logger.info("Environment info:\n" + collect_env_info())

@@ -23,8 +23,9 @@ logger = logging.getLogger("dl_lib.tools.train_net")
 
 def run(args):
     """The body every process runs (after ``launch`` set up the process group)."""
-    cfg, model = playground.build(args.playground, args.opts)
-    default_setup(cfg, args)
+    cfg = playground.load_config(args.playground, args.opts)
+    default_setup(cfg, args)  # first, so that net.py's import and build log to OUTPUT_DIR/log.txt
+    model = playground.build_model(args.playground, cfg)
     cfg.freeze()
     trainer_cls = getattr(playground.load_net(args.playground), "Trainer", DefaultTrainer)
     if not (isinstance(trainer_cls, type) and issubclass(trainer_cls, DefaultTrainer)):
