@@ -116,6 +116,13 @@ class SemSegEvaluator(DatasetEvaluator):
     Ground truth per image: the input's ``sem_seg`` if it has the output's size, else
     ``sem_seg_file_name`` read as a train-id PNG. Predictions: argmax of ``output["sem_seg"]``
     (K x height x width logits).
+
+    Several predictions per image: an output may also carry ``"sem_seg_exits"``, a list of
+    K x height x width logits (anytime exits, a model's branches; cheapest first). Each exit gets
+    its own confusion matrix, reported as ``results["sem_seg"]["exit{k}"]`` (flattened:
+    ``sem_seg/exit{k}/mIoU``), next to the final ``sem_seg`` scores. Outputs without exits are
+    fine (exit scores cover the images that have them); a number of exits that differs between
+    images is an error naming the image.
     """
 
     def __init__(self, dataset_name: str, distributed: bool = True,
@@ -146,6 +153,10 @@ class SemSegEvaluator(DatasetEvaluator):
     def reset(self):
         k = self._num_classes
         self._conf = np.zeros((k + 1, k + 1), dtype=np.int64)
+        # one matrix per exit, created by the first output that has "sem_seg_exits"
+        self._exit_confs: Optional[List[np.ndarray]] = None
+        self._exit_source: Optional[str] = None  # the image that fixed the number of exits
+        self._num_exit_images = 0
         self._costs: List = []
         self._num_images = 0
 
@@ -161,31 +172,62 @@ class SemSegEvaluator(DatasetEvaluator):
                 "ground truth")
         return _read_gt(path)
 
+    def _prediction(self, logits: torch.Tensor, inp: dict, gt: Optional[np.ndarray],
+                    what: str = "sem_seg"):
+        """Argmax of K x H x W ``logits`` and the image's ground truth (read once per image)."""
+        pred = logits.argmax(dim=0).to(torch.int64).cpu().numpy()
+        if gt is None:
+            gt = self._ground_truth(inp, pred.shape)
+        if gt.shape != pred.shape:
+            raise ValueError(
+                f"SemSegEvaluator: {what} for {inp.get('file_name')!r} is {pred.shape} but "
+                f"its ground truth is {gt.shape}; the model must resize it to the input's "
+                "(height, width) before returning it")
+        return pred, gt
+
+    def _process_exits(self, exits, inp: dict, gt: np.ndarray) -> None:
+        name = inp.get("file_name", inp.get("image_id"))
+        if not isinstance(exits, (list, tuple)) or len(exits) == 0:
+            raise TypeError(f"SemSegEvaluator: 'sem_seg_exits' of {name!r} must be a non-empty "
+                            f"list of K x H x W logits, got {type(exits).__name__}")
+        if self._exit_confs is None:
+            k = self._num_classes
+            self._exit_confs = [np.zeros((k + 1, k + 1), dtype=np.int64) for _ in exits]
+            self._exit_source = name
+        if len(exits) != len(self._exit_confs):
+            raise ValueError(
+                f"SemSegEvaluator: image {name!r} has {len(exits)} exits in 'sem_seg_exits' but "
+                f"{self._exit_source!r} had {len(self._exit_confs)}; a model must return the same "
+                "number of exits for every image")
+        for e, logits in enumerate(exits):
+            pred, _ = self._prediction(logits, inp, gt, what=f"sem_seg_exits[{e}]")
+            self._exit_confs[e] += confusion_matrix(pred, gt, self._num_classes,
+                                                    self._ignore_label)
+        self._num_exit_images += 1
+
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
-            logits = out["sem_seg"]
-            pred = logits.argmax(dim=0).to(torch.int64).cpu().numpy()
-            gt = self._ground_truth(inp, pred.shape)
-            if gt.shape != pred.shape:
-                raise ValueError(
-                    f"SemSegEvaluator: prediction for {inp.get('file_name')!r} is {pred.shape} but "
-                    f"its ground truth is {gt.shape}; the model must resize sem_seg to the input's "
-                    "(height, width) before returning it")
+            pred, gt = self._prediction(out["sem_seg"], inp, None)
             self._conf += confusion_matrix(pred, gt, self._num_classes, self._ignore_label)
+            if out.get("sem_seg_exits") is not None:
+                self._process_exits(out["sem_seg_exits"], inp, gt)
             if "flops" in out:
                 self._costs.append(out["flops"])
             self._num_images += 1
 
     def evaluate(self):
         conf, costs, n = self._conf, self._costs, self._num_images
+        exit_confs, n_exit = self._exit_confs, self._num_exit_images
         if self._distributed and comm.get_world_size() > 1:
             comm.synchronize()
-            gathered = comm.gather((conf, costs, n))
+            gathered = comm.gather((conf, costs, n, exit_confs, n_exit, self._exit_source))
             if not comm.is_main_process():
                 return None
             conf = sum(g[0] for g in gathered)
             costs = [c for g in gathered for c in g[1]]
             n = sum(g[2] for g in gathered)
+            exit_confs = _sum_exit_confs([(g[3], g[5]) for g in gathered])
+            n_exit = sum(g[4] for g in gathered)
         if n == 0:
             logger.warning(f"SemSegEvaluator on {self.dataset_name!r} received no images")
             return OrderedDict(sem_seg=OrderedDict())
@@ -193,23 +235,63 @@ class SemSegEvaluator(DatasetEvaluator):
         for name, stats in summarize_costs(costs).items():
             for stat in ("mean", "min", "max"):
                 res[f"{stat}_{name}"] = stats[stat]
+        exit_res = [metrics_from_confusion(c, self._class_names) for c in exit_confs or []]
         self._log_table(res, n)
+        for e, r in enumerate(exit_res):
+            self._log_table(r, n_exit, what=f"exit {e} of {len(exit_res)}")
+        if exit_res:
+            self._log_exit_summary(exit_res, res)
+            if n_exit != n:
+                logger.warning(f"SemSegEvaluator: only {n_exit} of {n} images had "
+                               "'sem_seg_exits'; the exit scores cover those images only")
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
             path = os.path.join(self._output_dir, "sem_seg_evaluation.json")
+            record = {"dataset": self.dataset_name, "num_images": n,
+                      "sem_seg": _nan_to_none(res), "confusion_matrix": conf.tolist()}
+            if exit_res:
+                record["num_exit_images"] = n_exit
+                record["exits"] = [{"sem_seg": _nan_to_none(r), "confusion_matrix": c.tolist()}
+                                   for r, c in zip(exit_res, exit_confs)]
             with open(path, "w") as f:
-                json.dump({"dataset": self.dataset_name, "num_images": n,
-                           "sem_seg": _nan_to_none(res), "confusion_matrix": conf.tolist()},
-                          f, indent=2)
+                json.dump(record, f, indent=2)
             logger.info(f"Saved evaluation results to {path}")
+        for e, r in enumerate(exit_res):
+            res[f"exit{e}"] = r
         return OrderedDict(sem_seg=res)
 
-    def _log_table(self, res: Dict[str, float], n: int) -> None:
+    def _log_table(self, res: Dict[str, float], n: int, what: str = "") -> None:
         rows = [[name, res[f"IoU-{name}"], res[f"ACC-{name}"]] for name in self._class_names]
         per_class = tabulate(rows, headers=["class", "IoU", "Acc"], tablefmt="pipe",
                              floatfmt=".2f", missingval="nan")
         summary_keys = [k for k in res if not k.startswith(("IoU-", "ACC-"))]
         summary = tabulate([[res[k] for k in summary_keys]], headers=summary_keys,
                            tablefmt="pipe", floatfmt=".3f")
-        logger.info(f"Semantic segmentation on {self.dataset_name} ({n} images):\n{per_class}\n"
-                    f"{summary}")
+        what = f", {what}" if what else ""
+        logger.info(f"Semantic segmentation on {self.dataset_name} ({n} images{what}):\n"
+                    f"{per_class}\n{summary}")
+
+    def _log_exit_summary(self, exit_res: List[Dict[str, float]], final: Dict[str, float]) -> None:
+        keys = ("mIoU", "mACC", "pACC")
+        rows = [[f"exit{e}"] + [r[k] for k in keys] for e, r in enumerate(exit_res)]
+        rows.append(["final"] + [final[k] for k in keys])
+        table = tabulate(rows, headers=("exit",) + keys, tablefmt="pipe", floatfmt=".3f")
+        logger.info(f"Per-exit scores on {self.dataset_name}:\n{table}")
+
+
+def _sum_exit_confs(per_rank) -> Optional[List[np.ndarray]]:
+    """Sum the per-exit matrices of every process; ``per_rank``: (matrices or None, the image
+    that fixed their number). Processes must agree on the number of exits."""
+    total, source = None, None
+    for confs, name in per_rank:
+        if confs is None:
+            continue
+        if total is None:
+            total, source = [c.copy() for c in confs], name
+        elif len(confs) != len(total):
+            raise ValueError(f"SemSegEvaluator: image {name!r} has {len(confs)} exits but "
+                             f"{source!r} (another process) had {len(total)}; a model must "
+                             "return the same number of exits for every image")
+        else:
+            total = [a + b for a, b in zip(total, confs)]
+    return total
