@@ -2,7 +2,9 @@
 
 Key names follow the DynamicRouting / detectron2 configs that users of this field already know.
 A playground ``config.py`` holds only what differs from these (see ``dl_lib.config.config_from_delta``).
-Every key a method reads must be declared here: an unknown key in a delta is an error.
+Core keys are declared here; a method family declares its own in ``add_<family>_config(cfg)``
+(``dl_lib/modeling/<family>/config.py``, see ``dl_lib.config.families``). An unknown key in a
+delta is an error.
 """
 from fvcore.common.config import CfgNode as _FvCfgNode
 
@@ -56,6 +58,9 @@ _C.MODEL.SEM_SEG_HEAD.CONVS_DIM = 128
 _C.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4
 _C.MODEL.SEM_SEG_HEAD.NORM = "BN"
 _C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0
+# Loss weight of each exit (cheapest first) for models whose forward_logits returns several exits
+# (anytime exits, MFARANet branches); empty = 1.0 each. Its length must equal the number of exits.
+_C.MODEL.EXIT_LOSS_WEIGHTS = []
 
 # ---------------------------------------------------------------------------------------------
 # Input
@@ -164,6 +169,9 @@ _C.TEST.CITYSCAPES_OFFICIAL_EVAL = False
 # ---------------------------------------------------------------------------------------------
 # Empty: $DL_OUTPUT_ROOT/<Group>/<Name> for a playground run.
 _C.OUTPUT_DIR = ""
+# Method families whose add_<family>_config added keys (config_from_delta(..., family=...));
+# recorded so a dumped config.yaml re-loads with the same keys (dl_lib.config.load_config_file).
+_C.FAMILIES = []
 # Negative: a different random seed per run.
 _C.SEED = -1
 _C.DETERMINISTIC = False

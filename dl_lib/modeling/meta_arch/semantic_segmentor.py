@@ -7,6 +7,9 @@ resize to ``height``×``width``.
 
 Subclasses change how logits are produced by overriding ``forward_logits`` (and ``output_stride``),
 how they are supervised by overriding ``losses``, and which exit is returned by ``postprocess``.
+A ``forward_logits`` returning a list (several exits, cheapest first) gets one loss per exit
+(weighted by ``MODEL.EXIT_LOSS_WEIGHTS``) and eval outputs ``sem_seg`` (the last exit) plus
+``sem_seg_exits`` (all of them).
 """
 from typing import Dict, List, Sequence, Tuple, Union
 
@@ -45,11 +48,13 @@ class SemanticSegmentor(nn.Module):
         ignore_value: label value excluded from the loss.
         size_divisibility: batches are padded to multiples of this (0: the backbone's own).
         loss_weight: multiplies the cross-entropy.
+        exit_loss_weights: for models whose ``forward_logits`` returns a list (several exits,
+            cheapest first), one weight per exit (``MODEL.EXIT_LOSS_WEIGHTS``); empty = 1.0 each.
     """
 
     def __init__(self, *, backbone: nn.Module, head: nn.Module, pixel_mean: Sequence[float],
                  pixel_std: Sequence[float], ignore_value: int = 255, size_divisibility: int = 0,
-                 loss_weight: float = 1.0):
+                 loss_weight: float = 1.0, exit_loss_weights: Sequence[float] = ()):
         super().__init__()
         if len(pixel_mean) != len(pixel_std):
             raise ValueError(f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} "
@@ -58,6 +63,7 @@ class SemanticSegmentor(nn.Module):
         self.head = head
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
+        self.exit_loss_weights = [float(w) for w in exit_loss_weights]
         if size_divisibility <= 0:
             size_divisibility = getattr(backbone, "size_divisibility", 1)
         self.size_divisibility = size_divisibility
@@ -74,7 +80,8 @@ class SemanticSegmentor(nn.Module):
         head = build_sem_seg_head(cfg, backbone.output_shape())
         return dict(backbone=backbone, head=head, pixel_mean=cfg.MODEL.PIXEL_MEAN,
                     pixel_std=cfg.MODEL.PIXEL_STD, ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-                    loss_weight=cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT)
+                    loss_weight=cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
+                    exit_loss_weights=cfg.MODEL.EXIT_LOSS_WEIGHTS)
 
     @property
     def device(self) -> torch.device:
@@ -137,32 +144,50 @@ class SemanticSegmentor(nn.Module):
     def losses(self, logits: Logits, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Cross-entropy of the logits (upsampled to the label size) against N×H×W ``targets``.
 
-        A list of logits (several exits) gets one loss per exit, ``loss_sem_seg_{i}``.
+        A list of logits (several exits) gets one loss per exit, ``loss_sem_seg_{i}``, times
+        ``exit_loss_weights[i]`` (1.0 each when empty).
         """
         if isinstance(logits, (list, tuple)):
-            return {f"loss_sem_seg_{i}": self.losses(t, targets)["loss_sem_seg"]
-                    for i, t in enumerate(logits)}
+            weights = self._exit_weights(len(logits))
+            return {f"loss_sem_seg_{i}": self.losses(t, targets)["loss_sem_seg"] * w
+                    for i, (t, w) in enumerate(zip(logits, weights))}
         logits = resize_logits(logits, targets.shape[-2:])
         loss = F.cross_entropy(logits, targets, ignore_index=self.ignore_value, reduction="mean")
         return {"loss_sem_seg": loss * self.loss_weight}
+
+    def _exit_weights(self, num_exits: int) -> List[float]:
+        """One loss weight per exit: ``exit_loss_weights``, or 1.0 each when it is empty."""
+        if not self.exit_loss_weights:
+            return [1.0] * num_exits
+        if len(self.exit_loss_weights) != num_exits:
+            raise ValueError(
+                f"MODEL.EXIT_LOSS_WEIGHTS has {len(self.exit_loss_weights)} values "
+                f"{self.exit_loss_weights} but the model returned {num_exits} exits; give one "
+                "weight per exit (cheapest first) or [] for 1.0 each")
+        return self.exit_loss_weights
 
     def postprocess(self, logits: Logits, padded_size: Sequence[int], image_sizes: List[Tuple[int, int]],
                     batched_inputs: List[dict]) -> List[dict]:
         """Per image: crop the padding, resize to (``height``, ``width``) -> ``{"sem_seg": K×h×w}``.
 
-        For several exits the last (most accurate) one is returned.
+        For several exits ``sem_seg`` is the last (most accurate) one and ``sem_seg_exits`` the
+        list of all of them (cheapest first), each K×height×width.
         """
-        if isinstance(logits, (list, tuple)):
-            logits = logits[-1]
-        logits = resize_logits(logits, padded_size)
+        exits = list(logits) if isinstance(logits, (list, tuple)) else [logits]
+        exits = [resize_logits(t, padded_size) for t in exits]
         results = []
         for i, (d, (h, w)) in enumerate(zip(batched_inputs, image_sizes)):
-            out_h, out_w = d.get("height", h), d.get("width", w)
-            results.append({"sem_seg": resize_logits(logits[i, :, :h, :w], (out_h, out_w))})
+            size = (d.get("height", h), d.get("width", w))
+            per_exit = [resize_logits(t[i, :, :h, :w], size) for t in exits]
+            out = {"sem_seg": per_exit[-1]}
+            if isinstance(logits, (list, tuple)):
+                out["sem_seg_exits"] = per_exit
+            results.append(out)
         return results
 
     def forward(self, batched_inputs: List[dict]):
-        """Training: dict of losses. Eval: list of ``{"sem_seg": K×height×width}`` (see module doc)."""
+        """Training: dict of losses. Eval: list of ``{"sem_seg": K×height×width}`` (plus
+        ``"sem_seg_exits"`` for several exits; see module doc)."""
         images, image_sizes = self.preprocess_images(batched_inputs)
         logits = self.forward_logits(images)
         if self.training:
