@@ -1,6 +1,6 @@
 """ADE20K SceneParsing (ADEChallengeData2016), 150 classes.
 
-Raw annotations hold 0 = "other" and 1..150; on first use they are converted once (atomically)
+Raw annotations hold 0 = "other" and 1..150; on first use they are converted once (see ``common.convert_label_dir``)
 into ``annotations_trainIds/`` with 0 -> 255 (ignore) and v -> v - 1, so the masks every later
 stage reads hold train ids 0..149.
 """

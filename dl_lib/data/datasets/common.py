@@ -1,5 +1,7 @@
 """Shared pieces of the dataset loaders: where roots live, pairing images with masks, and a cheap
 check of label values on the first few masks (the most common silent mistake in segmentation)."""
+import hashlib
+import json
 import logging
 import os
 from typing import Iterable, List, Optional, Sequence
@@ -7,6 +9,7 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from dl_lib.data.datasets.file_lock import exclusive_lock
 from dl_lib.utils.env import datasets_root
 
 __all__ = ["dataset_path", "require_dir", "load_sem_seg", "check_mask_values", "read_mask",
@@ -117,39 +120,89 @@ def default_colors(num_classes: int, seed: int = 0) -> List[tuple]:
     return [tuple(int(c) for c in rng.randint(40, 256, size=3)) for _ in range(num_classes)]
 
 
+# Written last into a converted folder, so its presence (with the same mask count and lookup
+# table) is what says "complete". A file count is not enough: it also matches a folder that another
+# process was still filling, or one left behind when a run was killed.
+CONVERSION_MARKER = ".conversion_complete.json"
+
+
+def _conversion_record(num_masks: int, lut: np.ndarray) -> dict:
+    return {"num_masks": int(num_masks), "lut_sha1": hashlib.sha1(lut.tobytes()).hexdigest()}
+
+
+def _conversion_is_complete(dst_dir: str, record: dict) -> bool:
+    try:
+        with open(os.path.join(dst_dir, CONVERSION_MARKER)) as f:
+            return json.load(f) == record
+    except (OSError, ValueError):
+        return False
+
+
 def convert_label_dir(src_dir: str, dst_dir: str, lut: np.ndarray, ext: str = ".png",
                       desc: str = "converting labels") -> str:
-    """Write ``lut[mask]`` for every ``src_dir/**/*<ext>`` into ``dst_dir`` (same relative paths),
-    atomically: into ``dst_dir + '.tmp'`` first, then renamed, so an interrupted conversion is
-    redone rather than half-used. Returns ``dst_dir``; a complete ``dst_dir`` is reused as is.
+    """Write ``lut[mask]`` for every ``src_dir/**/*<ext>`` into ``dst_dir`` (same relative paths,
+    ``.png``) once, and return ``dst_dir``.
+
+    Safe when several processes ask at once (ranks of a job, parallel runs): one converts under
+    the lock file ``dst_dir + '.lock'`` while the others wait and then reuse its result. The
+    conversion is written into a temporary sibling (``dst_dir + '.tmp-<pid>'``) with the marker
+    file ``CONVERSION_MARKER`` last, then renamed into place; a ``dst_dir`` without the marker
+    (or with one for another mask count / lookup table) is redone, and temporary siblings left by
+    a killed run are removed.
 
     Used for datasets whose raw masks are not train ids (ADE20K / Pascal Context: 0 = other ->
     255 and shift by -1; CamVid: 11 = void -> 255), so every ``sem_seg_file_name`` downstream
     (mapper, evaluators) holds train ids with 255 = ignore.
     """
+    lut = np.asarray(lut, dtype=np.uint8)
+    files = _walk_files(src_dir, ext)
+    record = _conversion_record(len(files), lut)
+    if _conversion_is_complete(dst_dir, record):
+        return dst_dir
+    try:
+        with exclusive_lock(dst_dir + ".lock"):
+            if not _conversion_is_complete(dst_dir, record):  # another process may have finished
+                _convert_into_place(src_dir, dst_dir, files, lut, ext, desc, record)
+    except PermissionError as e:
+        # A read-only tree converted before the marker existed: use it as it is.
+        if os.path.isdir(dst_dir) and len(_walk_files(dst_dir, ".png")) == len(files):
+            logger.warning("Using the converted labels %s as they are (no %s, and the folder is "
+                           "not writable: %s)", dst_dir, CONVERSION_MARKER, e)
+            return dst_dir
+        raise PermissionError(
+            f"Cannot write the converted labels {dst_dir!r} ({e}). Make $DL_DATASETS writable, or "
+            "run the conversion once where it is (see datasets/README.md).") from e
+    return dst_dir
+
+
+def _convert_into_place(src_dir: str, dst_dir: str, files: Sequence[str], lut: np.ndarray,
+                        ext: str, desc: str, record: dict) -> None:
+    """The conversion itself; the caller holds the lock."""
     import shutil
 
     from tqdm import tqdm
 
-    files = _walk_files(src_dir, ext)
-    if os.path.isdir(dst_dir) and len(_walk_files(dst_dir, ".png")) == len(files):
-        return dst_dir
-    tmp = dst_dir + ".tmp"
+    parent, base = os.path.split(os.path.abspath(dst_dir))
+    # Under the lock no other process is writing, so every temporary sibling is a leftover.
+    for name in os.listdir(parent):
+        if name.startswith(base + ".tmp") or name.startswith(base + ".old"):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    tmp = f"{dst_dir}.tmp-{os.getpid()}"
+    os.makedirs(tmp)
     try:
+        for rel in tqdm(files, desc=desc, unit="mask"):
+            out = os.path.join(tmp, rel[: -len(ext)] + ".png")
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            Image.fromarray(lut[read_mask(os.path.join(src_dir, rel))]).save(out)
+        with open(os.path.join(tmp, CONVERSION_MARKER), "w") as f:
+            json.dump(record, f)
+        if os.path.exists(dst_dir):  # incomplete, or made from other masks / another table
+            old = f"{dst_dir}.old-{os.getpid()}"
+            os.replace(dst_dir, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, dst_dir)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    except OSError as e:
-        raise PermissionError(
-            f"Cannot write the converted labels {dst_dir!r} ({e}). Make $DL_DATASETS writable, or "
-            "run the conversion once where it is (see datasets/README.md).") from e
-    lut = np.asarray(lut, dtype=np.uint8)
-    for rel in tqdm(files, desc=desc, unit="mask"):
-        out = os.path.join(tmp, rel[: -len(ext)] + ".png")
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        Image.fromarray(lut[read_mask(os.path.join(src_dir, rel))]).save(out)
-    shutil.rmtree(dst_dir, ignore_errors=True)
-    os.replace(tmp, dst_dir)
-    return dst_dir
 
 
 def reduce_zero_label_lut() -> np.ndarray:

@@ -23,7 +23,6 @@ renamed into place), or ahead of time with::
     python -m dl_lib.data.datasets.synthetic --root DIR --num-train 200 --num-val 50 --size 256 512 --seed 0
 """
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ import numpy as np
 from cityscapesscripts.helpers.labels import labels as _CS_LABELS
 
 from dl_lib.data.datasets.common import dataset_path
+from dl_lib.data.datasets.file_lock import exclusive_lock
 
 __all__ = ["GENERATOR_VERSION", "render_scene", "generate_synthetic_cityscapes",
            "ensure_synthetic_cityscapes", "SYNTHETIC_OPTIONS", "ID_TO_TRAINID"]
@@ -538,23 +538,6 @@ def _read_manifest(root) -> Optional[dict]:
         return None
 
 
-@contextlib.contextmanager
-def _lock(path):
-    """An exclusive inter-process lock (several ranks may request the dataset at once)."""
-    try:
-        import fcntl
-    except ImportError:  # non-POSIX: no locking
-        yield
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def ensure_synthetic_cityscapes(root: Optional[str] = None, num_train: Optional[int] = None,
                                 num_val: Optional[int] = None, size: Optional[Sequence[int]] = None,
                                 seed: Optional[int] = None, progress: bool = True) -> str:
@@ -569,7 +552,7 @@ def ensure_synthetic_cityscapes(root: Optional[str] = None, num_train: Optional[
     want = _manifest(opts["num_train"], opts["num_val"], opts["size"], opts["seed"])
     if _read_manifest(root) == want:
         return root
-    with _lock(root + ".lock"):
+    with exclusive_lock(root + ".lock"):
         if _read_manifest(root) != want:  # another process may have finished meanwhile
             logger.info("Generating the synthetic street scenes into %s (%s)", root, want)
             generate_synthetic_cityscapes(root, opts["num_train"], opts["num_val"], opts["size"],
