@@ -24,6 +24,13 @@ _C.MODEL = CfgNode()
 _C.MODEL.DEVICE = "cpu"
 # Path (or iopath URI) of weights to initialise from. Loads the model only, never the iteration.
 _C.MODEL.WEIGHTS = ""
+# dl_test / --eval-only stop when MODEL.WEIGHTS lacks a model tensor or holds one with another
+# shape (a half-random network would be scored); False loads what fits and logs the rest.
+_C.MODEL.WEIGHTS_STRICT = True
+# Backbone ImageNet weights (path or URI) for a fresh training run, in a layout the backbone's
+# convert_pretrained maps (torchvision / deep-stem ResNet, ...); loaded before MODEL.WEIGHTS,
+# ignored on --resume. Stops when less than half of the backbone's tensors match.
+_C.MODEL.PRETRAINED = ""
 # Images are read as RGB uint8; normalisation happens inside the model, (x - mean) / std.
 _C.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
 _C.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
@@ -48,6 +55,8 @@ _C.MODEL.BACKBONE.OUTPUT_STRIDE = 32
 # --- modeling (baseline segmentor) ---
 # ResNet channels of the stem and res2 (64 = torchvision); each later stage doubles. Narrower is faster.
 _C.MODEL.BACKBONE.WIDTH = 64
+# ResNet stem output channels (0 = WIDTH); 128 for the PSPNet / MFARANet deep-stem ImageNet files.
+_C.MODEL.BACKBONE.STEM_WIDTH = 0
 
 _C.MODEL.SEM_SEG_HEAD = CfgNode()
 _C.MODEL.SEM_SEG_HEAD.NAME = "FPNHead"
@@ -147,6 +156,7 @@ _C.SOLVER.AMP.DTYPE = "float16"
 _C.TEST = CfgNode()
 # Evaluate every EVAL_PERIOD iterations (0: only at the end of training).
 _C.TEST.EVAL_PERIOD = 0
+# Images per process in one test batch (dl_lib.data.build_test_loader); the model pads them.
 _C.TEST.IMS_PER_BATCH = 1
 _C.TEST.AUG = CfgNode()
 _C.TEST.AUG.ENABLED = False
@@ -158,6 +168,9 @@ _C.TEST.PRECISE_BN.ENABLED = False
 _C.TEST.PRECISE_BN.NUM_ITER = 200
 # Write image | ground truth | prediction panels for this many images after evaluation.
 _C.TEST.VIS_NUM_IMAGES = 0
+# Executed cost per image counted while the model runs, in these dl_lib.analysis conventions
+# ("gmac", "hrnet", "dynamic_routing"); reported as cost/<convention>/{mean,min,max}. [] = off.
+_C.TEST.COST_CONVENTIONS = []
 # --- evaluation (dl_lib/evaluation) ---
 # For "cityscapes_sem_seg" datasets also run the official cityscapesscripts evaluation (single
 # machine only; slow in pure Python). The confusion-matrix evaluator always runs and gives the
