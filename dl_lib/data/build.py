@@ -86,14 +86,28 @@ def build_train_loader(cfg, mapper: Optional[Callable] = None, seed: Optional[in
         persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0)
 
 
+def _test_batch_size(cfg) -> int:
+    batch = cfg.TEST.IMS_PER_BATCH
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"TEST.IMS_PER_BATCH must be an integer >= 1 (images per process per "
+                         f"test batch), got {batch!r}")
+    return batch
+
+
 def build_test_loader(cfg, dataset_name: str, mapper: Optional[Callable] = None):
-    """A loader over ``dataset_name`` yielding lists of one mapped dict, this process's contiguous
-    shard only (:class:`InferenceSampler`); ``mapper`` defaults to the test-time mapper."""
+    """A loader over ``dataset_name`` yielding lists of ``TEST.IMS_PER_BATCH`` mapped dicts (per
+    process; the last batch may be smaller), this process's contiguous shard only
+    (:class:`InferenceSampler`: no image twice); ``mapper`` defaults to the test-time mapper.
+    Images of one batch may differ in size: the model pads them (``SemanticSegmentor`` does).
+    With ``TEST.AUG.ENABLED`` the default mapper keeps the original size: the multi-scale
+    wrapper resizes from it to each scale (one interpolation instead of two)."""
     dicts = get_dataset_dicts(dataset_name)
-    dataset = MapDataset(DatasetFromList(dicts, copy=False),
-                         mapper if mapper is not None else SemSegDatasetMapper(cfg, False))
+    if mapper is None:
+        mapper = (SemSegDatasetMapper(cfg, False, augmentations=[]) if cfg.TEST.AUG.ENABLED
+                  else SemSegDatasetMapper(cfg, False))
+    dataset = MapDataset(DatasetFromList(dicts, copy=False), mapper)
     sampler = InferenceSampler(len(dataset))
     return torchdata.DataLoader(
-        dataset, batch_size=1, sampler=sampler, drop_last=False,
+        dataset, batch_size=_test_batch_size(cfg), sampler=sampler, drop_last=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=trivial_batch_collator,
         worker_init_fn=worker_init_reset_seed)
