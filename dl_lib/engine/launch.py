@@ -4,9 +4,11 @@ Three ways a job runs, chosen automatically:
 
 * **torchrun / torch.distributed.elastic**: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and
   ``MASTER_ADDR``/``MASTER_PORT``) are set; this process joins the group with ``env://``.
-* **SLURM** (``srun`` with several tasks): ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``/
-  ``SLURM_NODEID`` are translated to the variables above, ``MASTER_ADDR`` is the first host of
-  ``SLURM_JOB_NODELIST``; then as torchrun.
+* **SLURM**, inside an ``srun`` step with several tasks: ``SLURM_PROCID``/``SLURM_STEP_NUM_TASKS``/
+  ``SLURM_LOCALID``/``SLURM_NODEID`` are translated to the variables above, ``MASTER_ADDR`` is the
+  first host of the step's node list; then as torchrun. Only a step joins: an ``sbatch`` script
+  (or ``salloc`` shell) is one process even when the job has ``--ntasks 8``, so it spawns as
+  below (see ``in_srun_step``).
 * Otherwise ``num_gpus_per_machine`` processes are spawned on this machine (detectron2's
   ``launch``), connecting at ``dist_url``; ``"auto"`` picks a free local port (one machine only).
 
@@ -28,7 +30,7 @@ import torch.multiprocessing as mp
 
 from dl_lib.utils import comm
 
-__all__ = ["DEFAULT_TIMEOUT", "launch", "distributed_env_from_launcher"]
+__all__ = ["DEFAULT_TIMEOUT", "launch", "distributed_env_from_launcher", "in_srun_step"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 
@@ -54,6 +56,29 @@ def _first_slurm_host(nodelist: str) -> str:
     return prefix + first
 
 
+# Step ids SLURM gives to steps that srun did not launch (slurm.h): the batch script
+# (SLURM_BATCH_SCRIPT, 0xfffffffe), the external container (0xffffffff), pending (0xfffffffd) and
+# the interactive step of salloc (0xfffffffa). Some versions name them instead ("batch").
+_FIRST_SPECIAL_SLURM_STEP_ID = 0xFFFFFFF0
+
+
+def in_srun_step(environ: Optional[dict] = None) -> bool:
+    """True when this process is a task of an ``srun`` step, i.e. ``SLURM_STEP_ID`` (or the older
+    ``SLURM_STEPID``) holds an ordinary step number.
+
+    What SLURM sets: ``srun`` exports ``SLURM_STEP_ID`` = the step number (0, 1, ...) plus
+    ``SLURM_STEP_NUM_TASKS``/``SLURM_STEP_NODELIST`` to every task. The batch script of ``sbatch``
+    also has ``SLURM_PROCID=0`` and, with ``--ntasks N``, ``SLURM_NTASKS=N``, but no step id
+    (older versions) or the batch step's id 4294967294 / ``batch`` (newer ones): it is one process
+    that should start its own workers, not wait for N - 1 peers that will never come.
+    """
+    env = os.environ if environ is None else environ
+    step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID"))
+    if step is None or not step.strip().isdigit():
+        return False
+    return int(step) < _FIRST_SPECIAL_SLURM_STEP_ID
+
+
 def distributed_env_from_launcher(environ: Optional[dict] = None) -> Optional[dict]:
     """The ranks an external launcher gave this process, or None when there is none.
 
@@ -70,15 +95,18 @@ def distributed_env_from_launcher(environ: Optional[dict] = None) -> Optional[di
             "master_addr": env.get("MASTER_ADDR"), "master_port": env.get("MASTER_PORT"),
             "launcher": "torchrun",
         }
-    # One SLURM task is an ordinary shell (sbatch script, salloc): spawn as usual then.
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        world = int(env["SLURM_NTASKS"])
-        nodes = int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", "1")))
+    # Outside an srun step (sbatch script, salloc shell) and in a one-task step this process is
+    # an ordinary shell: spawn as usual then. The step's own counts win over the job's.
+    world = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")))
+    if "SLURM_PROCID" in env and in_srun_step(env) and world > 1:
+        nodes = int(env.get("SLURM_STEP_NUM_NODES",
+                            env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", "1"))))
+        nodelist = env.get("SLURM_STEP_NODELIST", env.get("SLURM_JOB_NODELIST"))
         info = {
             "rank": int(env["SLURM_PROCID"]), "world_size": world,
             "local_rank": int(env.get("SLURM_LOCALID", "0")),
             "local_world_size": world // max(nodes, 1),
-            "master_addr": env.get("MASTER_ADDR") or _first_slurm_host(env["SLURM_JOB_NODELIST"]),
+            "master_addr": env.get("MASTER_ADDR") or _first_slurm_host(nodelist or ""),
             # Every task derives the same port from the job id; distinct jobs get distinct ports.
             "master_port": env.get("MASTER_PORT") or str(
                 15000 + int(env.get("SLURM_JOB_ID", "0")) % 20000),
