@@ -56,8 +56,8 @@ Run inside a playground folder (playground/<Group>/<Name>/ holding config.py and
 
 Several machines: run on each (same --dist-url, the address of machine 0):
   {prog or 'dl_train'} --num-gpus 8 --num-machines 2 --machine-rank 0 --dist-url tcp://10.0.0.1:29500
-Under torchrun or srun (RANK/WORLD_SIZE/LOCAL_RANK or SLURM_* set) the process joins the
-launcher's group instead of spawning.
+Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set) or inside an srun step (SLURM_STEP_ID set) the
+process joins the launcher's group instead of spawning; an sbatch script spawns as usual.
 """
     parser = argparse.ArgumentParser(prog=prog, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
