@@ -159,11 +159,16 @@ def build_lr_multiplier(cfg) -> ParamScheduler:
     # PolyLR is DynamicRouting's schedule without warmup; the others warm up when asked.
     if name == "PolyLR" or sc.WARMUP_ITERS <= 0:
         return main
-    if sc.WARMUP_ITERS > max_iter:
-        raise ValueError(f"SOLVER.LR_SCHEDULER.WARMUP_ITERS={sc.WARMUP_ITERS} exceeds "
-                         f"MAX_ITER={max_iter}")
+    warmup_iters = sc.WARMUP_ITERS
+    if warmup_iters > max_iter:
+        # A short run of a long recipe (a smoke test with MAX_ITER 6) should still run.
+        logger.warning(
+            f"SOLVER.LR_SCHEDULER.WARMUP_ITERS={warmup_iters} exceeds "
+            f"SOLVER.LR_SCHEDULER.MAX_ITER={max_iter}; warming up over all {max_iter} iterations "
+            "instead (set WARMUP_ITERS <= MAX_ITER to silence this).")
+        warmup_iters = max_iter
     _check_range("WARMUP_FACTOR", sc.WARMUP_FACTOR, 0.0, 1.0)
-    return WarmupParamScheduler(main, sc.WARMUP_FACTOR, sc.WARMUP_ITERS / max_iter,
+    return WarmupParamScheduler(main, sc.WARMUP_FACTOR, warmup_iters / max_iter,
                                 sc.WARMUP_METHOD)
 
 

@@ -166,8 +166,20 @@ def test_unknown_name_lists_valid_names():
 
 
 @pytest.mark.parametrize("bad", [
-    dict(STEPS=[50, 30]), dict(STEPS=[100]), dict(WARMUP_ITERS=200, STEPS=[10]),
+    dict(STEPS=[50, 30]), dict(STEPS=[100]),
     dict(WARMUP_ITERS=10, WARMUP_METHOD="exp", STEPS=[10])])
 def test_invalid_settings_raise(bad):
     with pytest.raises(ValueError, match="SOLVER.LR_SCHEDULER"):
         _build(_cfg("WarmupMultiStepLR", **bad))
+
+
+def test_warmup_longer_than_the_run_is_clipped_with_a_warning(caplog):
+    """A smoke test of a recipe (MAX_ITER 6, WARMUP_ITERS 10) warms up over its 6 iterations."""
+    with caplog.at_level("WARNING", logger="dl_lib.solver.lr_scheduler"):
+        lrs = _lrs(_cfg("WarmupPolyLR", max_iter=6, POLY_POWER=0.9, WARMUP_ITERS=10,
+                        WARMUP_FACTOR=0.001, WARMUP_METHOD="linear"))
+    expected = [BASE_LR * (0.001 + 0.999 * i / 6) * (1 - i / 6) ** 0.9 for i in range(7)]
+    assert lrs == pytest.approx(expected, abs=1e-12)
+    (record,) = [r for r in caplog.records if "WARMUP_ITERS" in r.getMessage()]
+    msg = record.getMessage()
+    assert "SOLVER.LR_SCHEDULER.WARMUP_ITERS=10" in msg and "SOLVER.LR_SCHEDULER.MAX_ITER=6" in msg
