@@ -158,11 +158,20 @@ _C.TEST = CfgNode()
 _C.TEST.EVAL_PERIOD = 0
 # Images per process in one test batch (dl_lib.data.build_test_loader); the model pads them.
 _C.TEST.IMS_PER_BATCH = 1
+# Multi-scale (+ flip) inference, dl_lib.modeling.test_time: softmax averaged over the scales
+# (shorter side MIN_SIZES, longer side <= MAX_SIZE, from the original size) and their flips.
 _C.TEST.AUG = CfgNode()
 _C.TEST.AUG.ENABLED = False
 _C.TEST.AUG.MIN_SIZES = [512, 768, 1024, 1280, 1536, 1792]
 _C.TEST.AUG.MAX_SIZE = 4096
 _C.TEST.AUG.FLIP = True
+# "whole": the model sees the whole (resized) image; "slide": overlapping CROP_SIZE windows every
+# STRIDE pixels, logits averaged where they overlap (mmsegmentation's slide), for images larger
+# than the training crop. Combines with TEST.AUG (windows slide at each scale).
+_C.TEST.MODE = "whole"
+_C.TEST.SLIDE = CfgNode()
+_C.TEST.SLIDE.CROP_SIZE = [768, 768]
+_C.TEST.SLIDE.STRIDE = [512, 512]
 _C.TEST.PRECISE_BN = CfgNode()
 _C.TEST.PRECISE_BN.ENABLED = False
 _C.TEST.PRECISE_BN.NUM_ITER = 200

@@ -342,6 +342,16 @@ class DefaultTrainer(SimpleTrainer):
         return build_evaluator(cfg, dataset_name, output_dir)
 
     @classmethod
+    def build_test_time_model(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` behind multi-scale + flip (``TEST.AUG``) and/or sliding-window
+        (``TEST.MODE "slide"``) inference when they are on; ``model`` itself otherwise."""
+        from dl_lib.modeling.test_time import build_test_time_model
+
+        bare = _unwrap(model)
+        wrapped = build_test_time_model(cfg, bare)
+        return model if wrapped is bare else wrapped
+
+    @classmethod
     def build_checkpointer(cls, cfg: CfgNode, model: torch.nn.Module, **checkpointables):
         from dl_lib.checkpoint import Checkpointer
 
@@ -364,6 +374,8 @@ class DefaultTrainer(SimpleTrainer):
         names = list(cfg.DATASETS.TEST)
         if evaluators is not None and len(evaluators) != len(names):
             raise ValueError(f"{len(evaluators)} evaluators for {len(names)} test datasets {names}")
+        # TEST.AUG / TEST.MODE "slide": evaluate (and draw panels) through the test-time wrapper
+        model = cls.build_test_time_model(cfg, model)
         results = OrderedDict()
         for idx, name in enumerate(names):
             loader = cls.build_test_loader(cfg, name)
