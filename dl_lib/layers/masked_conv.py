@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dl_lib._ext import compiled_with_cuda, has_compiled_ops
+from dl_lib.analysis.masked_cost import counted_as_masked_conv
 
 from .masked_conv_policy import use_dense
 from .masked_conv_reference import _pair, conv_output_size, masked_conv2d_dense
@@ -106,6 +107,8 @@ def _prepare_mask(mask: torch.Tensor, input: torch.Tensor, out_hw) -> torch.Tens
     return (mask.detach() != 0).contiguous()
 
 
+# Under an active dl_lib.analysis.CostTracker: costs its active positions, whichever path runs.
+@counted_as_masked_conv
 def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   mask: torch.Tensor, stride: IntPair = 1, padding: IntPair = 0,
                   dilation: IntPair = 1, groups: int = 1,

@@ -104,9 +104,27 @@ def test_predict_logits_preferred_and_mode_restored():
     r = flop_count(m, (H, W), "gmac")
     assert r.raw == CONV1_MACS + CONV2_MACS
     assert m.training
-    table = flop_table(r, max_depth=1)
-    assert "body" in table and "body.0" not in table
-    assert "body.0" in flop_table(r, max_depth=2)
+    # predict_logits is a method call on the root, not a module call: the per-module counts must
+    # still be keyed by named_modules() names
+    assert r.by_module["body"] == pytest.approx((CONV1_MACS + CONV2_MACS) / 1e9)
+    assert r.by_module["body.0"] == pytest.approx(CONV1_MACS / 1e9)
+    assert r.by_module["body.3"] == pytest.approx(CONV2_MACS / 1e9)
+    rows = _table_rows(flop_table(r, max_depth=1))
+    assert set(rows) == {"model", "body", "fc"}  # fc has parameters but did not run
+    assert rows["body"] == [str(3 * 8 * 9 + 8 + 2 * 8 + 8 * 4), f"{(CONV1_MACS + CONV2_MACS) / 1e9:.4g}"]
+    assert rows["fc"][1] == ""
+    rows = _table_rows(flop_table(r, max_depth=2))
+    assert rows["body.0"][1] == f"{CONV1_MACS / 1e9:.4g}"
+    assert rows["body.3"][1] == f"{CONV2_MACS / 1e9:.4g}"
+
+
+def _table_rows(table: str) -> dict:
+    """A pipe table -> {module name: [cells after the name]} (header and rule rows dropped)."""
+    rows = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
 
 
 def test_unknown_convention():
