@@ -10,6 +10,11 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+
+def pytest_configure(config):
+    # Tests over ~10 s; they still run in `make test` (select against them with -m "not slow").
+    config.addinivalue_line("markers", "slow: takes more than ~10 s on a 2-core CPU machine")
+
 FIXTURE_PLAYGROUND = os.path.join(os.path.dirname(__file__), "fixtures", "playground", "Toy", "Tiny")
 
 

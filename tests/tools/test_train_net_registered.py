@@ -1,0 +1,75 @@
+"""The real ``dl_train`` / ``dl_flops`` on a playground whose net.py registers its own classes
+and data set, with the library's own loaders and mapper (``tests/fixtures/playground/Registered``).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dl_lib import playground
+from dl_lib.tools import flops
+
+FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "playground",
+                       "Registered", "TinyFPN")
+NET_LOG_LINE = "net.py of Registered/TinyFPN builds RegisteredTinySegmentor"
+
+
+def _write_split(root, split, n, seed):
+    """``n`` 32x64 RGB PNGs and their masks: class 1 where the red channel is bright, a top row
+    of ignore (255)."""
+    rng = np.random.RandomState(seed)
+    for sub in ("images", "labels"):
+        os.makedirs(os.path.join(root, split, sub), exist_ok=True)
+    for i in range(n):
+        image = rng.randint(0, 256, size=(32, 64, 3)).astype(np.uint8)
+        label = (image[:, :, 0] > 128).astype(np.uint8)
+        label[0] = 255
+        Image.fromarray(image).save(os.path.join(root, split, "images", f"{i}.png"))
+        Image.fromarray(label).save(os.path.join(root, split, "labels", f"{i}.png"))
+
+
+def _dl_train_command():
+    script = os.path.join(os.path.dirname(sys.executable), "dl_train")
+    if os.path.exists(script):  # the installed console script
+        return [script]
+    return [sys.executable, "-m", "dl_lib.tools.train_net"]
+
+
+@pytest.mark.slow
+def test_dl_train_on_a_playground_that_registers_its_classes(tmp_path):
+    data = str(tmp_path / "data")
+    _write_split(data, "train", 4, 0)
+    _write_split(data, "val", 2, 1)
+    env = dict(os.environ, OMP_NUM_THREADS="1", DL_OUTPUT_ROOT=str(tmp_path / "out"),
+               REGISTERED_TINY_DATA=data)
+    proc = subprocess.run(_dl_train_command() + ["--playground", FIXTURE, "--num-gpus", "1"],
+                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "out" / "Registered" / "TinyFPN"
+
+    log = (out / "log.txt").read_text()
+    assert NET_LOG_LINE in log  # the playground's own logger reaches log.txt
+    assert "Built RegisteredTinySegmentor" in log
+    assert "Train loader: 4 images from" in log  # dl_lib.data's loader, not a Trainer override
+
+    lines = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert [line["iteration"] for line in lines if "total_loss" in line] == [0, 1, 2, 3, 4, 5]
+
+    results = json.loads((out / "results.json").read_text())["registered_tiny_val"]["sem_seg"]
+    assert results["mIoU"] == pytest.approx((results["IoU-dark"] + results["IoU-red"]) / 2)
+    assert results["mIoU"] == pytest.approx(lines[-1]["sem_seg/mIoU"])
+
+
+def test_dl_flops_and_build_on_a_playground_that_registers_its_classes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DL_OUTPUT_ROOT", str(tmp_path / "out"))
+    for _ in range(2):  # a second run in the same process finds the classes registered once
+        assert flops.main(["--playground", FIXTURE, "--size", "32", "64"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("Input size: 1x3x32x64") == 2 and "Total:" in printed
+    cfg, model = playground.build(FIXTURE)
+    assert type(model).__name__ == "RegisteredTinySegmentor"
+    assert type(model.backbone).__name__ == "TinyBackbone"
