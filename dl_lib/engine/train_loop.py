@@ -161,8 +161,9 @@ class SimpleTrainer(TrainerBase):
     """One step = next batch → ``model(batch)`` → sum of losses → backward → optimizer step.
 
     Args:
-        model: in training mode returns a dict of scalar tensors; keys starting with ``loss`` are
-            summed into the loss, the others (e.g. ``real_flops``) are only logged.
+        model: in training mode returns a dict; keys starting with ``loss`` are scalar tensors
+            summed into the loss, the others (e.g. ``real_flops``) are numbers (Python or tensors,
+            averaged if not 0-d) that are only logged.
         data_loader: an iterable of batches (lists of dicts); iterated forever.
         optimizer: a ``torch.optim.Optimizer`` over the model's parameters.
         grad_clip: clip the total L2 norm of all gradients to this value (0 disables).
@@ -214,10 +215,7 @@ class SimpleTrainer(TrainerBase):
                 "In training mode the model must return a dict of scalar losses, got "
                 f"{type(loss_dict).__name__}."
             )
-        loss_terms = {k: v for k, v in loss_dict.items() if k.startswith("loss")}
-        if not loss_terms:
-            raise ValueError(f"The model returned no loss terms (keys starting with 'loss'): "
-                             f"{sorted(loss_dict)}")
+        loss_terms = _loss_terms(loss_dict)
         losses = sum(v.float() for v in loss_terms.values())
         self._check_finite(losses, loss_terms)
 
@@ -254,7 +252,7 @@ class SimpleTrainer(TrainerBase):
     def _write_metrics(self, loss_dict: Mapping[str, torch.Tensor], data_time: float,
                        prefix: str = "") -> None:
         """Average the scalars over processes and record them on the main process."""
-        metrics = {k: float(v.detach().float().mean()) for k, v in loss_dict.items()}
+        metrics = {k: _scalar_value(k, v) for k, v in loss_dict.items()}
         metrics["data_time"] = data_time
         # Gather (on the Gloo group) rather than all-reduce: the dicts may differ between ranks.
         all_metrics = comm.gather(metrics)
@@ -282,6 +280,37 @@ class SimpleTrainer(TrainerBase):
         self.optimizer.load_state_dict(state_dict["optimizer"])
         if self.grad_scaler is not None and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+
+def _loss_terms(loss_dict: Mapping) -> Dict[str, torch.Tensor]:
+    """The entries of a training output that are summed into the loss (keys starting with
+    ``loss``); each must be a floating-point tensor, since it is back-propagated."""
+    loss_terms = {k: v for k, v in loss_dict.items() if k.startswith("loss")}
+    if not loss_terms:
+        raise ValueError(f"The model returned no loss terms (keys starting with 'loss'): "
+                         f"{sorted(loss_dict)}")
+    for k, v in loss_terms.items():
+        if not (torch.is_tensor(v) and v.is_floating_point()):
+            what = f"tensor of dtype {v.dtype}" if torch.is_tensor(v) else type(v).__name__
+            raise TypeError(
+                f"The model's training output {k!r} is a {what}; keys starting with 'loss' are "
+                "summed and back-propagated, so they must be floating-point tensors. Rename it "
+                "(e.g. without the 'loss' prefix) if it is only meant to be logged.")
+    return loss_terms
+
+
+def _scalar_value(key: str, value) -> float:
+    """A logged value of the training output as a float: a Python number, or a tensor's mean."""
+    if torch.is_tensor(value):
+        return float(value.detach().float().mean())
+    try:  # int, float, bool, numpy scalars; a string is not a number even when it reads as one
+        if not isinstance(value, (str, bytes)):
+            return float(value)
+    except (TypeError, ValueError):
+        pass
+    raise TypeError(
+        f"The model's training output {key!r} is a {type(value).__name__} ({value!r:.60}); "
+        "values other than losses are logged as scalars, so they must be numbers or tensors.")
 
 
 def _device_type(model: torch.nn.Module) -> str:

@@ -1,12 +1,13 @@
 """TrainerBase / SimpleTrainer: the step, non-finite losses, clipping, mixed precision."""
 import itertools
+import json
 
 import pytest
 import torch
 from torch import nn
 
-from dl_lib.engine import HookBase, SimpleTrainer
-from dl_lib.utils.events import get_event_storage
+from dl_lib.engine import HookBase, SimpleTrainer, hooks
+from dl_lib.utils.events import JSONWriter, get_event_storage
 
 
 class _Regressor(nn.Module):
@@ -131,4 +132,53 @@ def test_model_returning_no_loss_is_an_error():
     model = NoLoss()
     trainer = SimpleTrainer(model, _loader(), torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(ValueError, match="no loss terms"):
+        trainer.train(0, 1)
+
+
+class _WithExtras(_Regressor):
+    """A model that also reports what it ran: Python numbers and a 0-d tensor without grad."""
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        out.update(real_flops=12.3, active_cells=7, density=torch.tensor(0.25))
+        return out
+
+
+def test_non_tensor_extras_are_logged(tmp_path):
+    model = _WithExtras()
+    trainer = SimpleTrainer(model, _loader(), torch.optim.SGD(model.parameters(), lr=0.1))
+    json_file = str(tmp_path / "metrics.json")
+    trainer.register_hooks([hooks.PeriodicWriter([JSONWriter(json_file)], period=1)])
+    trainer.train(0, 3)
+    assert trainer.storage.history("real_flops").values()[-1][0] == pytest.approx(12.3)
+    assert trainer.storage.history("active_cells").latest() == 7.0
+    assert trainer.storage.history("density").latest() == 0.25
+    # the extras are logged, not added to the loss
+    assert trainer.storage.history("total_loss").latest() == pytest.approx(
+        trainer.storage.history("loss_mse").latest())
+    lines = [json.loads(line) for line in open(json_file)]
+    assert [line["iteration"] for line in lines] == [0, 1, 2]
+    assert lines[-1]["real_flops"] == pytest.approx(12.3) and lines[-1]["active_cells"] == 7
+
+
+@pytest.mark.parametrize("value, what", [(0.5, "float"), (torch.tensor(1), "torch.int64")])
+def test_loss_that_is_not_a_float_tensor_is_an_error_naming_it(value, what):
+    class Bad(_Regressor):
+        def forward(self, batch):
+            return dict(super().forward(batch), loss_budget=value)
+
+    model = Bad()
+    trainer = SimpleTrainer(model, _loader(), torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(TypeError, match=f"'loss_budget' is a .*{what}.*floating-point tensors"):
+        trainer.train(0, 1)
+
+
+def test_extra_that_is_not_a_number_is_an_error_naming_it():
+    class Bad(_Regressor):
+        def forward(self, batch):
+            return dict(super().forward(batch), route="12.3")
+
+    model = Bad()
+    trainer = SimpleTrainer(model, _loader(), torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(TypeError, match="'route' is a str"):
         trainer.train(0, 1)
