@@ -1,7 +1,7 @@
 """image | ground truth | prediction panels for the first images of a dataset."""
 import logging
 import os
-from typing import List
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,22 +19,48 @@ logger = logging.getLogger(__name__)
 TITLE_HEIGHT = 16
 
 
+PANELS_PER_ROW = 3
+
+
+def _exit_rows(exits: Sequence[np.ndarray], colors, ignore_label: int, h: int, w: int):
+    """Rows of three colourised exit predictions under titles ``exit k`` (the last row padded
+    with black), so they line up with image | GT | prediction."""
+    rows = []
+    for start in range(0, len(exits), PANELS_PER_ROW):
+        chunk = list(exits[start: start + PANELS_PER_ROW])
+        titles = [f"exit {start + i}" for i in range(len(chunk))]
+        panels = [vis.colorize(e, colors, ignore_label) for e in chunk]
+        while len(panels) < PANELS_PER_ROW:
+            panels.append(np.zeros((h, w, 3), np.uint8))
+            titles.append("")
+        rows += [vis.title_strip(titles, w, TITLE_HEIGHT), vis.hstack(panels)]
+    return rows
+
+
 def make_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, class_names, colors,
-               ignore_label: int = 255, title: str = "") -> np.ndarray:
-    """Compose ``[title strip] / image | GT | prediction / legend strip`` as H' x 3W x 3 uint8.
+               ignore_label: int = 255, title: str = "",
+               exits: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
+    """Compose ``[title strip] / image | GT | prediction / [exit rows] / legend strip`` as
+    H' x 3W x 3 uint8.
 
     ``image``: H x W x 3 RGB uint8; ``gt``/``pred``: H x W train ids (ignore shown in black).
-    The legend lists the classes present in the ground truth or the prediction.
+    ``exits``: for multi-exit models, the H x W prediction of each exit (cheapest first), drawn
+    three per row below the final prediction. The legend lists the classes present in the
+    ground truth or any prediction.
     """
     h, w = pred.shape
+    exits = list(exits or [])
     colors = vis.palette(len(class_names), colors)
     body = vis.hstack([image, vis.colorize(gt, colors, ignore_label),
                        vis.colorize(pred, colors, ignore_label)])
     titles = ["image" + (f" {title}" if title else ""), "ground truth", "prediction"]
-    present = sorted(set(np.unique(gt).tolist()) | set(np.unique(pred).tolist()))
-    present = [c for c in present if 0 <= c < len(class_names) and c != ignore_label]
-    return vis.vstack([vis.title_strip(titles, w, TITLE_HEIGHT), body,
-                       vis.legend_strip(present, class_names, colors, 3 * w)])
+    present = set(np.unique(gt).tolist()) | set(np.unique(pred).tolist())
+    for e in exits:
+        present |= set(np.unique(e).tolist())
+    present = [c for c in sorted(present) if 0 <= c < len(class_names) and c != ignore_label]
+    return vis.vstack([vis.title_strip(titles, w, TITLE_HEIGHT), body]
+                      + _exit_rows(exits, colors, ignore_label, h, w)
+                      + [vis.legend_strip(present, class_names, colors, 3 * w)])
 
 
 def _load_rgb(path: str) -> np.ndarray:
@@ -46,7 +72,9 @@ def write_panels(cfg, model: torch.nn.Module, dataset_name: str, output_dir: str
                  num_images: int) -> List[str]:
     """Run ``model`` on the first ``num_images`` of ``dataset_name`` and write
     ``output_dir/vis/<image_id>.png`` panels (image | ground truth | prediction, colourised with
-    the metadata's ``stuff_colors``, ignore in black, titles on top and a legend below).
+    the metadata's ``stuff_colors``, ignore in black, titles on top and a legend below). For a
+    model returning ``sem_seg_exits`` the prediction is the final ``sem_seg`` and the exits are
+    drawn in extra rows, three per row.
 
     Inputs are made by the test mapper (``SemSegDatasetMapper(cfg, is_train=False)``), exactly
     as in evaluation; the model must return ``sem_seg`` at the original (height, width). The
@@ -72,13 +100,16 @@ def write_panels(cfg, model: torch.nn.Module, dataset_name: str, output_dir: str
             h, w = image.shape[:2]
             out = model([mapper(d)])[0]
             pred = out["sem_seg"].argmax(dim=0).cpu().numpy()
-            if pred.shape != (h, w):
-                raise ValueError(f"write_panels: model returned sem_seg of size {pred.shape} for an "
-                                 f"image of size {(h, w)}; it must resize to (height, width)")
+            exits = [e.argmax(dim=0).cpu().numpy() for e in out.get("sem_seg_exits") or []]
+            for what, p in [("sem_seg", pred)] + [(f"sem_seg_exits[{k}]", e)
+                                                 for k, e in enumerate(exits)]:
+                if p.shape != (h, w):
+                    raise ValueError(f"write_panels: model returned {what} of size {p.shape} for "
+                                     f"an image of size {(h, w)}; it must resize to (height, width)")
             gt = (read_mask(d["sem_seg_file_name"]) if d.get("sem_seg_file_name")
                   else np.full((h, w), ignore, dtype=np.int64))
             panel = make_panel(image, gt, pred, names, colors, ignore,
-                               title=str(d.get("image_id", i)))
+                               title=str(d.get("image_id", i)), exits=exits)
             stem = str(d.get("image_id", os.path.splitext(os.path.basename(d["file_name"]))[0]))
             path = os.path.join(out_dir, f"{i:04d}_{stem.replace(os.sep, '_')}.png")
             Image.fromarray(panel).save(path)
