@@ -384,7 +384,8 @@ class DefaultTrainer(SimpleTrainer):
             model.eval()  # also done by inference_on_dataset; the EvalHook relies on the restore
             try:
                 with torch.no_grad():
-                    res = inference_on_dataset(model, loader, evaluator)
+                    res = inference_on_dataset(model, loader, evaluator,
+                                               cost_conventions=cfg.TEST.COST_CONVENTIONS)
             finally:
                 model.train(training)
             if comm.is_main_process():

@@ -8,11 +8,13 @@ import logging
 import time
 from collections import OrderedDict
 from contextlib import ExitStack, contextmanager
-from typing import Iterable, List, Optional, Union
+from typing import Iterable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
+from dl_lib.analysis.cost_tracker import CostTracker, check_conventions
+from dl_lib.analysis.costs import summarize_costs
 from dl_lib.utils import comm
 from dl_lib.utils.logger import log_every_n_seconds
 
@@ -90,8 +92,29 @@ def _sync_device(model):
         torch.cuda.synchronize()
 
 
+def _executed_cost(model: nn.Module, inputs: List[dict], conventions: Sequence[str], costs: list):
+    """``model(inputs)`` under a :class:`CostTracker`; appends one {convention: GFLOPs} per image."""
+    with CostTracker(model, conventions, num_images=len(inputs)) as tracker:
+        outputs = model(inputs)
+    costs.extend(tracker.per_image())
+    return outputs
+
+
+def _summarize_executed(costs: list, conventions: Sequence[str]) -> dict:
+    """Per-image costs of every rank -> ``{convention: {"mean", "min", "max"}}`` on the main rank."""
+    gathered = comm.gather(costs)
+    if not comm.is_main_process():
+        return {}
+    summary = summarize_costs([c for part in gathered for c in part])
+    for conv, stats in summary.items():
+        logger.info(f"Executed cost per image under {conv!r}: mean {stats['mean']:.6g}, min "
+                    f"{stats['min']:.6g}, max {stats['max']:.6g} (GFLOPs of that convention)")
+    return {conv: summary[conv] for conv in conventions if conv in summary}
+
+
 def inference_on_dataset(model: nn.Module, data_loader: Iterable,
-                         evaluator: Union[DatasetEvaluator, List[DatasetEvaluator], None]):
+                         evaluator: Union[DatasetEvaluator, List[DatasetEvaluator], None],
+                         cost_conventions: Sequence[str] = ()):
     """Run ``model`` on every batch of ``data_loader`` and evaluate its outputs.
 
     ``model`` follows the detectron2 contract (list of dicts in, list of dicts out); it runs
@@ -99,9 +122,19 @@ def inference_on_dataset(model: nn.Module, data_loader: Iterable,
     few seconds (images done/total, seconds per image, ETA) and, at the end, total and pure
     compute time. The first few iterations are excluded from the timing (warm-up).
 
+    ``cost_conventions`` (``TEST.COST_CONVENTIONS``; empty = off): conventions of
+    :mod:`dl_lib.analysis` in which the executed cost of every image is counted while the model
+    runs (a :class:`~dl_lib.analysis.CostTracker` around each batch; masked convolutions cost
+    their active positions). Their mean/min/max over the dataset are added to the results as
+    ``{"cost": {convention: {"mean", "min", "max"}}}`` (GFLOPs of that convention), next to the
+    model's own ``"flops"`` entries, which the evaluator reports as before. The compute time
+    then includes the counting.
+
     Returns ``evaluator.evaluate()``: ``{"sem_seg": {"mIoU": ...}, ...}`` on the main process,
     ``None`` (or ``{}``) elsewhere. Every rank must call this function.
     """
+    cost_conventions = check_conventions(cost_conventions, "TEST.COST_CONVENTIONS")
+    costs: list = []
     num_devices = comm.get_world_size()
     try:
         total = len(data_loader)  # this rank's share
@@ -132,7 +165,10 @@ def inference_on_dataset(model: nn.Module, data_loader: Iterable,
                 n_timed = 0
 
             compute_start = time.perf_counter()
-            outputs = model(inputs)
+            if cost_conventions:
+                outputs = _executed_cost(model, inputs, cost_conventions, costs)
+            else:
+                outputs = model(inputs)
             _sync_device(model)
             total_compute += time.perf_counter() - compute_start
 
@@ -167,4 +203,8 @@ def inference_on_dataset(model: nn.Module, data_loader: Iterable,
     # an evaluator with nothing to report returns None; callers may still index the result
     if results is None:
         results = {}
+    if cost_conventions:
+        cost = _summarize_executed(costs, cost_conventions)
+        if comm.is_main_process():
+            results["cost"] = cost
     return results
