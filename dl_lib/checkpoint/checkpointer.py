@@ -12,9 +12,17 @@ Built on ``fvcore.common.checkpoint.Checkpointer``; what this adds:
   restarts training mid-schedule. It logs which of the two happened.
 - **Released checkpoints.** A bare state dict (no ``"model"`` key) or a ``{"state_dict": ...}``
   file is accepted; ``module.`` / ``_orig_mod.`` prefixes are stripped when every key has them;
-  registered converters (``dl_lib.checkpoint.converters``) rename foreign layouts; shape
-  mismatches are dropped with a warning naming both shapes; missing and unexpected keys are
-  logged as a table.
+  converters registered for the model's class (``dl_lib.checkpoint.converters``) rename foreign
+  layouts; shape mismatches are dropped with a warning naming both shapes; missing and
+  unexpected keys are logged as a table.
+- **Strict loading.** ``load(path, strict=True)`` (``dl_test`` / ``--eval-only`` unless
+  ``MODEL.WEIGHTS_STRICT False``) raises ``IncompatibleCheckpointError`` naming the file and the
+  first missing or shape-mismatched keys before anything is copied into the model: evaluating a
+  half-random network is never what was meant. Unexpected keys are only logged.
+- **Architecture.** A model may define ``architecture() -> {"MODEL.X.Y": value}``, the config
+  values that describe its shape (channel counts of a pruned model, a chosen branch); ``save``
+  stores it under ``"architecture"``, and ``dl_lib.checkpoint.apply_checkpoint_architecture``
+  merges it into the config before the model is built (see ``architecture.py``).
 - **``weights_only``** (fvcore calls ``torch.load`` without it). The constructor argument
   chooses the policy:
     * ``None`` (default): load with ``weights_only=True``; if that refuses the file *and* the
@@ -49,9 +57,10 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from dl_lib.utils import comm
 
+from .architecture import ARCHITECTURE_KEY, architecture_of
 from .converters import find_converter
 
-__all__ = ["Checkpointer", "PeriodicCheckpointer"]
+__all__ = ["Checkpointer", "PeriodicCheckpointer", "IncompatibleCheckpointError"]
 
 _POINTER = "last_checkpoint"
 
@@ -65,6 +74,10 @@ def _unwrap_model(model: nn.Module) -> nn.Module:
             model = model._orig_mod  # torch.compile's OptimizedModule
         else:
             return model
+
+
+class IncompatibleCheckpointError(ValueError):
+    """A strict load found model tensors that the checkpoint lacks or holds with another shape."""
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -104,12 +117,16 @@ class Checkpointer(_FvCheckpointer):
     def save(self, name: str, **kwargs: Any) -> None:
         """Write ``save_dir/<name>.pth`` atomically and point ``last_checkpoint`` at it.
 
-        The file holds ``{"model": state_dict, <checkpointable>: state_dict, **kwargs}``; pass
-        ``iteration=...`` in ``kwargs`` for resumable checkpoints.
+        The file holds ``{"model": state_dict, <checkpointable>: state_dict, **kwargs}``, and
+        ``"architecture"`` when the model defines ``architecture()``; pass ``iteration=...`` in
+        ``kwargs`` for resumable checkpoints.
         """
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
+        architecture = architecture_of(self.model)
+        if architecture is not None:
+            data[ARCHITECTURE_KEY] = architecture
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
@@ -162,17 +179,22 @@ class Checkpointer(_FvCheckpointer):
         """Whether ``save_dir/last_checkpoint`` exists (never true without a ``save_dir``)."""
         return bool(self.save_dir) and super().has_checkpoint()
 
-    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+    def load(self, path: str, checkpointables: Optional[List[str]] = None, *,
+             strict: bool = False) -> Dict[str, Any]:
         """Load the model from ``path`` and the named checkpointables (None: all of them).
 
         Args:
             path: a local path or iopath URI of one of our checkpoints, a bare state dict, or a
                 ``{"state_dict": ...}`` file. "" loads nothing.
             checkpointables: names to restore; ``[]`` loads the model only.
+            strict: every tensor of the model must be in the file with the model's shape
+                (``num_batches_tracked`` counters excepted); checked before anything is loaded.
         Returns:
-            The remaining entries of the checkpoint (e.g. ``iteration``); ``{}`` for bare files.
+            The remaining entries of the checkpoint (e.g. ``iteration``, ``architecture``);
+            ``{}`` for bare files.
         Raises:
             FileNotFoundError: ``path`` does not exist.
+            IncompatibleCheckpointError: ``strict`` and a tensor is missing or has another shape.
         """
         if not path:
             self.logger.info("No checkpoint given: the model keeps its initialisation")
@@ -186,6 +208,9 @@ class Checkpointer(_FvCheckpointer):
         local = self._local_path(path)
         self.logger.info(f"Loading checkpoint from {path}")
         checkpoint = self._as_checkpoint(self._load_file(local), path)
+        self._warn_if_other_architecture(checkpoint.get(ARCHITECTURE_KEY), path)
+        if strict:
+            self._check_complete(checkpoint["model"], path)
         self._log_incompatible_keys(self._load_model(checkpoint))
 
         # LR schedulers last: loading an optimizer restores its old LRs, and the scheduler then
@@ -280,21 +305,60 @@ class Checkpointer(_FvCheckpointer):
             top = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
             raise ValueError(f"{path}: not a checkpoint this library can read (expected a dict "
                              f"with 'model' or 'state_dict', or a state dict); found {top}")
-        converter = find_converter(checkpoint["model"].keys())
+        # Strip wrapper prefixes first, so converters see the layout the model was saved with.
+        self._strip_wrapper_prefixes(checkpoint["model"])
+        converter = find_converter(checkpoint["model"].keys(), self.model)
         if converter is not None:
             self.logger.info(f"{path}: converting parameter names with converter "
                              f"{converter.name!r}")
             checkpoint["model"] = converter.convert(checkpoint["model"])
         return checkpoint
 
-    def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
-        state_dict = checkpoint["model"]
-        # A file saved from a DDP-wrapped and/or compiled model: strip the wrappers' prefixes.
+    def _strip_wrapper_prefixes(self, state_dict: Dict[str, Any]) -> None:
+        """A file saved from a DDP-wrapped and/or compiled model: strip the wrappers' prefixes."""
         for prefix in ("module.", "_orig_mod."):
             if state_dict and all(k.startswith(prefix) for k in state_dict):
                 self.logger.info(f"Stripping the {prefix!r} prefix from the checkpoint's keys")
                 _strip_prefix_if_present(state_dict, prefix)
-        return super()._load_model(checkpoint)
+
+    def _check_complete(self, state_dict: Dict[str, Any], path: str, show: int = 8) -> None:
+        """Raise ``IncompatibleCheckpointError`` when a model tensor is missing from
+        ``state_dict`` or has another shape there (``num_batches_tracked`` excepted)."""
+        model_sd = self.model.state_dict()
+        missing = [k for k in model_sd if k not in state_dict
+                   and not k.endswith("num_batches_tracked")]
+        kept = set(_filter_reused_missing_keys(self.model, missing))  # tied weights load once
+        missing = [k for k in missing if k in kept]
+        mismatched = [f"{k}: {tuple(state_dict[k].shape)} in the file, {tuple(v.shape)} in the "
+                      "model" for k, v in model_sd.items()
+                      if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+        if not missing and not mismatched:
+            return
+        parts = [f"Checkpoint {path} does not fit the model {type(self.model).__name__} "
+                 f"({len(model_sd)} tensors): {len(missing)} missing, {len(mismatched)} with "
+                 "another shape."]
+        if missing:
+            parts.append(f"First missing: {', '.join(missing[:show])}.")
+        if mismatched:
+            parts.append(f"First shape mismatches: {'; '.join(mismatched[:show])}.")
+        parts.append("Check MODEL.WEIGHTS and that the config builds the network the file was "
+                     "saved from (a pruned or other-width model stores its 'architecture'; "
+                     "older files may not). To load what fits anyway, set "
+                     "MODEL.WEIGHTS_STRICT False.")
+        raise IncompatibleCheckpointError(" ".join(parts))
+
+    def _warn_if_other_architecture(self, stored: Optional[Dict[str, Any]], path: str) -> None:
+        """Name the architecture entries where the file and the model differ."""
+        current = architecture_of(self.model)
+        if not stored or current is None:
+            return
+        diff = {k: (v, current.get(k)) for k, v in stored.items() if current.get(k) != v}
+        if diff:
+            self.logger.warning(
+                f"{path} was saved from another architecture than this model's: "
+                + ", ".join(f"{k}={a!r} in the file, {b!r} here" for k, (a, b) in diff.items())
+                + ". Build the model with dl_lib.playground.build (it applies the file's "
+                "architecture) or merge it with apply_checkpoint_architecture(cfg).")
 
     def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
         """Warn per shape mismatch (both shapes), then one table of everything not loaded."""

@@ -10,8 +10,10 @@ from torch import nn
 
 from dl_lib.checkpoint import (
     Checkpointer,
+    IncompatibleCheckpointError,
     PeriodicCheckpointer,
     register_converter,
+    registered_converters,
     unregister_converter,
 )
 from dl_lib.config import get_cfg
@@ -282,21 +284,117 @@ def test_plain_checkpoint_loads_with_weights_only(tmp_path):
     torch.load(tmp_path / "model_0000001.pth", weights_only=True)
 
 
-def test_registered_converter(tmp_path):
+class _OldNet(nn.Sequential):
+    """The class a converter is registered for."""
+
+
+class _OldNetVariant(_OldNet):
+    """A subclass: converters of its bases apply to it too."""
+
+
+def _old_net(cls, seed):
+    torch.manual_seed(seed)
+    return cls(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+
+
+def test_converter_applies_only_to_its_model_class(tmp_path, logs):
     a = _net(0)
     foreign = {"old_net." + k: v for k, v in a.state_dict().items()}
     torch.save(foreign, tmp_path / "released.pth")
     register_converter("test_old_net",
                        convert=lambda sd: {k[len("old_net."):]: v for k, v in sd.items()},
-                       matches=lambda keys: all(k.startswith("old_net.") for k in keys))
+                       matches=lambda keys: all(k.startswith("old_net.") for k in keys),
+                       model_class=_OldNet)
     try:
         with pytest.raises(KeyError):
-            register_converter("test_old_net", convert=dict, matches=lambda keys: False)
-        b = _net(1)
-        Checkpointer(b).load(str(tmp_path / "released.pth"))
-        _assert_same_weights(a, b)
+            register_converter("test_old_net", convert=dict, matches=lambda keys: False,
+                               model_class=_OldNet)
+        with pytest.raises(TypeError, match="model_class"):
+            register_converter("test_no_class", convert=dict, matches=lambda keys: True,
+                               model_class=dict)
+        assert registered_converters(_old_net(_OldNetVariant, 1)) == ["test_old_net"]
+        for cls in (_OldNet, _OldNetVariant):  # the class and its subclasses
+            b = _old_net(cls, 1)
+            Checkpointer(b).load(str(tmp_path / "released.pth"))
+            _assert_same_weights(a, b)
+        # Another model with the same parameter names: the file's keys are left alone.
+        other = _net(1)
+        assert registered_converters(other) == []
+        before = other[0].weight.detach().clone()
+        Checkpointer(other).load(str(tmp_path / "released.pth"))
+        assert torch.equal(other[0].weight, before)
+        assert "old_net.0.{bias, weight}" in logs.text and "unexpected" in logs.text
     finally:
         unregister_converter("test_old_net")
+
+
+def test_converter_sees_keys_without_ddp_prefix(tmp_path):
+    a = _net(0)
+    torch.save({"module.old_net." + k: v for k, v in a.state_dict().items()}, tmp_path / "d.pth")
+    register_converter("test_old_net_ddp",
+                       convert=lambda sd: {k[len("old_net."):]: v for k, v in sd.items()},
+                       matches=lambda keys: all(k.startswith("old_net.") for k in keys),
+                       model_class=_OldNet)
+    try:
+        b = _old_net(_OldNet, 1)
+        Checkpointer(b).load(str(tmp_path / "d.pth"))
+        _assert_same_weights(a, b)
+    finally:
+        unregister_converter("test_old_net_ddp")
+
+
+def test_strict_load_names_missing_and_mismatched_keys(tmp_path):
+    a = _net(0)
+    sd = a.state_dict()
+    del sd["2.bias"]
+    sd["0.weight"] = torch.zeros(4, 3, 5, 5)
+    sd["extra.weight"] = torch.zeros(1)
+    path = str(tmp_path / "partial.pth")
+    torch.save({"model": sd}, path)
+    b = _net(1)
+    before = {k: v.clone() for k, v in b.state_dict().items()}
+    with pytest.raises(IncompatibleCheckpointError) as e:
+        Checkpointer(b).load(path, checkpointables=[], strict=True)
+    msg = str(e.value)
+    assert "partial.pth" in msg and "2.bias" in msg and "0.weight" in msg
+    assert "(4, 3, 5, 5)" in msg and "MODEL.WEIGHTS_STRICT False" in msg
+    assert "1 missing, 1 with another shape" in msg
+    for k, v in b.state_dict().items():  # checked before anything was copied
+        assert torch.equal(v, before[k]), k
+    # Lenient (training init): what fits is loaded, the rest logged.
+    Checkpointer(b).load(path, checkpointables=[])
+    assert torch.equal(b[2].weight, a[2].weight)
+
+    # A complete file loads strictly; unexpected keys and absent BN counters are fine.
+    full = a.state_dict()
+    full["extra.weight"] = torch.zeros(1)
+    del full["1.num_batches_tracked"]
+    torch.save(full, tmp_path / "full.pth")
+    c = _net(2)
+    Checkpointer(c).load(str(tmp_path / "full.pth"), strict=True)
+    assert torch.equal(c[0].weight, a[0].weight)
+
+
+class _Described(nn.Sequential):
+    def __init__(self, width):
+        super().__init__(nn.Conv2d(3, width, 1))
+        self.width = width
+
+    def architecture(self):
+        return {"MODEL.SEM_SEG_HEAD.CONVS_DIM": self.width}
+
+
+def test_save_stores_the_architecture_and_load_warns_on_another(tmp_path, logs):
+    ck = Checkpointer(_Described(3), str(tmp_path), save_to_disk=True)
+    ck.save("model_final", iteration=0)
+    data = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert data["architecture"] == {"MODEL.SEM_SEG_HEAD.CONVS_DIM": 3}
+    # without architecture() nothing is stored
+    Checkpointer(_net(0), str(tmp_path / "plain"), save_to_disk=True).save("m")
+    assert "architecture" not in torch.load(tmp_path / "plain" / "m.pth", weights_only=True)
+    with pytest.raises(IncompatibleCheckpointError):
+        Checkpointer(_Described(5)).load(str(tmp_path / "model_final.pth"), strict=True)
+    assert "CONVS_DIM=3 in the file, 5 here" in logs.text
 
 
 def test_periodic_checkpointer_keeps_last_k_across_resume(tmp_path):
