@@ -7,7 +7,7 @@ unique to the folder (``dl_playground.<Group>_<Name>_<hash>.{config,net}``), so 
 playgrounds can be loaded in one process::
 
     from dl_lib import playground
-    cfg, model = playground.build("playground/Baseline/PSPNet_R50", ["MODEL.DEVICE", "cpu"])
+    cfg, model = playground.build("playground/Baseline/FPN.R18", ["MODEL.DEVICE", "cpu"])
 
 Each file is executed once per process (cached by its resolved real path), however it is reached
 (``dl_train``, ``dl_test``, ``dl_flops``, ``build``): a ``net.py`` that registers a class with
@@ -29,6 +29,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
+from dl_lib.checkpoint import apply_checkpoint_architecture
 from dl_lib.config import CfgNode, merge_opts
 from dl_lib.utils.env import output_root
 
@@ -164,4 +165,5 @@ def build(path: Optional[str] = None, opts: Optional[Sequence[str]] = None
     """``(cfg, model)`` of the playground at ``path``: the config with ``opts`` merged, and
     ``build_model(cfg)`` moved to ``cfg.MODEL.DEVICE``."""
     cfg = load_config(path, opts)
+    apply_checkpoint_architecture(cfg)  # MODEL.WEIGHTS of a pruned model: rebuild its shape
     return cfg, build_model(path, cfg)
