@@ -44,14 +44,57 @@ def test_train_loss_finite_and_backward(model):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-def test_ignore_value_is_excluded(model):
-    model.train()
-    batch = _inputs([(64, 64)])
-    batch[0]["sem_seg"][:] = 255
-    batch[0]["sem_seg"][0, 0] = 1
-    loss_one = model(batch)["loss_sem_seg"]
-    batch[0]["sem_seg"][5:, 5:] = 255  # changing ignored pixels only
-    assert torch.allclose(model(batch)["loss_sem_seg"], loss_one)
+class _PixelLogits(nn.Module):
+    """Head whose logits are the normalised image itself (3 classes, stride 1): the test sets
+    every logit through the pixel values."""
+
+    output_stride = 1
+
+    def forward(self, x):
+        return x
+
+
+def _pixel_logit_segmentor(loss_weight=1.0):
+    backbone = nn.Identity()
+    backbone.size_divisibility = 1
+    # logits = image / 50, in [0, 5.1]: far from saturating the softmax
+    return SemanticSegmentor(backbone=backbone, head=_PixelLogits(), pixel_mean=[0, 0, 0],
+                             pixel_std=[50, 50, 50], loss_weight=loss_weight).train()
+
+
+def _hand_cross_entropy(batch):
+    """Mean over labelled pixels (label != 255) of -log softmax(logits)[label], logits = image / 50,
+    written out per pixel."""
+    terms = []
+    for d in batch:
+        logits = d["image"].double() / 50
+        for y, x in (d["sem_seg"] != 255).nonzero().tolist():
+            z = logits[:, y, x]
+            terms.append(float(torch.log(torch.exp(z).sum()) - z[d["sem_seg"][y, x]]))
+    return sum(terms) / len(terms)
+
+
+def test_ignore_value_is_excluded():
+    torch.manual_seed(0)
+    # two sizes, so the smaller image's label is padded (padding must be ignored too)
+    batch = _inputs([(5, 7), (4, 6)], k=3)
+    batch[0]["sem_seg"][1:4, 2:6] = 255
+    batch[1]["sem_seg"][:, 0] = 255
+    model = _pixel_logit_segmentor(loss_weight=2.0)
+    loss = model(batch)["loss_sem_seg"]
+    assert float(loss) == pytest.approx(2.0 * _hand_cross_entropy(batch), rel=1e-5)
+
+    # other logits at ignored pixels: the same loss
+    changed = [dict(d, image=d["image"].clone()) for d in batch]
+    changed[0]["image"][:, 1:4, 2:6] = torch.randint(0, 256, (3, 3, 4), dtype=torch.uint8)
+    changed[1]["image"][:, :, 0] = 255 - changed[1]["image"][:, :, 0]
+    torch.testing.assert_close(model(changed)["loss_sem_seg"], loss)
+    # other logits at one labelled pixel: another loss
+    y, x = 0, 0
+    k = int(batch[0]["sem_seg"][y, x])
+    changed[0]["image"][:, y, x] = 0
+    changed[0]["image"][k, y, x] = 255  # the labelled class becomes the most likely one there
+    assert float(model(changed)["loss_sem_seg"]) < float(loss) - 1e-3
 
 
 def test_eval_outputs_at_original_size_for_odd_sizes(model):
