@@ -5,9 +5,12 @@
     dl_flops --size 1024 2048 --convention all --depth 2 MODEL.DEVICE cpu
 
 Prints the input size, the convention and its unit, the total, the parameter counts, a
-per-module table and the ops that ran but were not counted (see ``dl_lib.analysis.flops`` for
-what each convention includes). Models whose cost depends on the input report their executed
-cost per image through the evaluator instead (``mean/min/max_flops``).
+per-module table and the ops that ran but were not counted (see ``dl_lib.analysis.conventions``
+for what each convention includes). The count is the executed cost of the (random) input, by the
+same :class:`~dl_lib.analysis.CostTracker` the evaluator runs per image with
+``TEST.COST_CONVENTIONS`` (masked convolutions cost their active positions); for models whose
+cost depends on the input, the evaluator's ``cost/<convention>/mean|min|max`` over a dataset is
+the number to report.
 """
 import argparse
 import logging
@@ -52,7 +55,10 @@ def report(model, size: Sequence[int], conventions: List[str], depth: int = 3,
     for conv in conventions:
         r = flop_count(model, input_size=size, convention=conv, batch=batch)
         lines += ["", f"Convention: {conv} -> {r.unit}",
-                  f"Total: {r.total:.6g} ({r.raw:,} before scaling)", flop_table(r, max_depth=depth, model=model)]
+                  f"Total: {r.total:.6g} ({r.raw:,} before scaling)"]
+        if batch > 1:
+            lines.append("Per image: " + ", ".join(f"{v:.6g}" for v in r.per_image))
+        lines.append(flop_table(r, max_depth=depth, model=model))
         if r.unsupported_ops:
             ops = ", ".join(f"{k} x{v}" for k, v in sorted(r.unsupported_ops.items()))
             lines.append(f"Ran but not counted under {conv!r}: {ops}")

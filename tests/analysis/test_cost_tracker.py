@@ -193,3 +193,31 @@ def test_nothing_left_hooked_after_the_block():
 
     assert current_tracker() is None and _get_current_dispatch_mode() is None
     assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())
+
+
+class InputMasked(nn.Module):
+    """A MaskedConv2d whose mask (positive input pixels) depends on the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = MaskedConv2d(3, C_OUT, K, padding=1, bias=False)
+
+    def predict_logits(self, x):
+        return self.conv(x, x[:, :1] > 0)
+
+
+@pytest.mark.parametrize("convention", list(CONVENTIONS))
+def test_flop_count_gives_the_trackers_numbers(convention):
+    from dl_lib.analysis import flop_count
+
+    m, x = InputMasked().eval(), torch.randn(2, 3, H, W)
+    active = [8, 20]
+    x[:, 0] = -1
+    for i, a in enumerate(active):
+        x[i, 0].view(-1)[:a] = 1
+    r = flop_count(m, inputs=x, convention=convention)
+    with torch.no_grad(), CostTracker(m, [convention], num_images=2) as t:
+        m.predict_logits(x)
+    assert r.per_image == [c[convention] for c in t.per_image()]
+    assert r.raw == 3 * C_OUT * K * K * sum(active)
+    assert r.by_module["conv"] == r.total
