@@ -79,7 +79,9 @@ def test_batch_of_different_sizes_equals_one_at_a_time(sized_dataset):
     model = SemanticSegmentor(backbone=_Features(), head=_PointwiseHead(),
                               pixel_mean=[120.0, 110.0, 100.0], pixel_std=[60.0, 60.0, 60.0]).eval()
     with torch.no_grad():
-        batched = [o for b in build_test_loader(_cfg(3), sized_dataset) for o in model(b)]
+        batches = list(build_test_loader(_cfg(3), sized_dataset))
+        assert [len(b) for b in batches] == [3, 2]
+        batched = [o for b in batches for o in model(b)]
         single = [o for b in build_test_loader(_cfg(1), sized_dataset) for o in model(b)]
     assert len(batched) == len(single) == len(SIZES)
     for (h, w), a, b in zip(SIZES, batched, single):

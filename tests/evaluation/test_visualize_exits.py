@@ -55,4 +55,5 @@ def test_write_panels_of_a_multi_exit_model(tmp_path):
     body = panel[TITLE_HEIGHT: TITLE_HEIGHT + H]
     assert (body[:, 2 * W:] == GREEN).all()  # the final prediction
     top = TITLE_HEIGHT + H + TITLE_HEIGHT
-    assert (panel[top: top + H, :W] == BLUE).all()  # exit 0 in the extra row
+    assert panel.shape[0] > top + H  # the extra row is there
+    assert (panel[top: top + H, :W] == BLUE).all()  # exit 0 in it

@@ -297,3 +297,31 @@ def test_test_loader_keeps_original_size_under_test_aug(tmp_path, all_ones_datas
     assert tuple(next(iter(build_test_loader(cfg, all_ones_dataset)))[0]["image"].shape) == (3, 20, 24)
     cfg.TEST.AUG.ENABLED = True
     assert tuple(next(iter(build_test_loader(cfg, all_ones_dataset)))[0]["image"].shape) == (3, 10, 12)
+
+
+def test_every_test_key_is_read_somewhere():
+    """No TEST.* key that does nothing: each leaf is named in the library's code outside the
+    defaults (``TEST.A.B``, or ``TEST.A`` taken into a variable and its ``.B`` read)."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "dl_lib"
+    source = "\n".join(p.read_text() for p in root.rglob("*.py")
+                       if p.name != "defaults.py" or p.parent.name != "config")
+
+    def leaves(node, prefix):
+        for k, v in node.items():
+            if hasattr(v, "items"):
+                yield from leaves(v, f"{prefix}.{k}")
+            else:
+                yield f"{prefix}.{k}"
+
+    unread = []
+    for key in leaves(get_cfg().TEST, "TEST"):
+        parent, leaf = key.rsplit(".", 1)
+        direct = re.search(re.escape(key) + r"\b", source)
+        via_parent = parent != "TEST" and re.search(re.escape(parent) + r"\b", source) \
+            and re.search(r"\." + leaf + r"\b", source)
+        if not (direct or via_parent):
+            unread.append(key)
+    assert unread == [], f"config keys nothing reads: {unread}"
