@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import torch
+
 import dl_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,10 +57,33 @@ def test_disable_switch_forces_fallback(tmp_path):
     assert out.returncode == 0, out.stderr
 
 
-def test_compiled_extension_registers_ops():
-    import torch
+# The ops with backend kernels of their own (the others are composite, or Python fallbacks).
+_KERNEL_OPS = ("dl_lib::masked_conv2d", "dl_lib::_masked_conv2d_backward")
 
+
+def _has_kernel(op: str, key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op, key)
+
+
+def test_compiled_extension_registers_ops():
     assert dl_lib.has_compiled_ops(), f"dl_lib._C failed to load: {dl_lib._ext.EXTENSION_ERROR}"
-    assert torch.ops.dl_lib._cuda_version() == (-1 if not dl_lib.compiled_with_cuda() else
-                                                 torch.ops.dl_lib._cuda_version())
-    assert hasattr(torch.ops.dl_lib, "masked_conv2d")
+    registered = {op for op in torch._C._dispatch_get_all_op_names() if op.startswith("dl_lib::")}
+    assert {"dl_lib::_cuda_version", *_KERNEL_OPS} <= registered, sorted(registered)
+    for op in _KERNEL_OPS:
+        assert _has_kernel(op, "CPU"), op
+    # the forward op differentiates through its own autograd kernel, not a composite fallback
+    assert _has_kernel("dl_lib::masked_conv2d", "Autograd")
+
+
+def test_cuda_version_matches_the_registered_kernels():
+    """compiled_with_cuda() (from _cuda_version) agrees with what the dispatcher holds: CUDA
+    kernels for every op exactly when the extension was built with CUDA."""
+    version = torch.ops.dl_lib._cuda_version()
+    with_cuda = dl_lib.compiled_with_cuda()
+    for op in _KERNEL_OPS:
+        assert _has_kernel(op, "CUDA") == with_cuda, (op, version)
+    if with_cuda:
+        # CUDART_VERSION = 1000 * major + 10 * minor, built against torch's CUDA major version
+        assert version % 10 == 0 and version // 1000 == int(torch.version.cuda.split(".")[0])
+    else:
+        assert version == -1
