@@ -221,3 +221,31 @@ def test_flop_count_gives_the_trackers_numbers(convention):
     assert r.per_image == [c[convention] for c in t.per_image()]
     assert r.raw == 3 * C_OUT * K * K * sum(active)
     assert r.by_module["conv"] == r.total
+
+
+_NO_EXT_SCRIPT = """
+import torch
+from dl_lib.analysis import CostTracker
+from dl_lib.layers import MaskedConv2d
+conv = MaskedConv2d(4, 6, 3, padding=1).eval()
+mask = torch.zeros(2, 1, 5, 7, dtype=torch.bool)
+mask.view(2, -1)[0, :7] = True
+mask.view(2, -1)[1, :12] = True
+with torch.no_grad(), CostTracker(conv, ["gmac", "hrnet", "dynamic_routing"], num_images=2) as t:
+    conv(torch.randn(2, 4, 5, 7), mask)
+print(t.per_image(raw=True))
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and dl_lib (~10-30 s on a loaded 2-core box)
+def test_pure_pytorch_build_counts_the_same():
+    """Without dl_lib._C (DL_LIB_DISABLE_EXT=1) the counts are those of the compiled op."""
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DL_LIB_DISABLE_EXT="1")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", _NO_EXT_SCRIPT], env=env,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert ast.literal_eval(out.strip()) == [_expected(ACTIVE[0]), _expected(ACTIVE[1])]
