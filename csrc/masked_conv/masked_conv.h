@@ -24,6 +24,13 @@ at::Tensor masked_conv2d_forward_cpu(
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t groups);
 
+// The "keep" variant: writes the active positions into `out` (N x O x Ho x Wo, input's dtype, any
+// strides without internal overlap, not overlapping input) and leaves the rest untouched.
+at::Tensor& masked_conv2d_out_cpu(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t groups, at::Tensor& out);
+
 // Returns (grad_input, grad_weight, grad_bias); an entry is undefined when its output_mask flag
 // is false. grad_bias is only computed when the forward had a bias.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
@@ -36,6 +43,11 @@ at::Tensor masked_conv2d_forward_cuda(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t groups);
+
+at::Tensor& masked_conv2d_out_cuda(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t groups, at::Tensor& out);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,

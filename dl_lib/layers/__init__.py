@@ -7,6 +7,7 @@ from .norm import get_norm  # noqa: F401
 from .norm import revert_sync_batchnorm  # noqa: F401
 from .masked_conv import MaskedConv2d  # noqa: F401
 from .masked_conv import masked_conv2d  # noqa: F401
+from .masked_conv_policy import prefers_channels_last  # noqa: F401
 from .masks import add_grid_prior  # noqa: F401
 from .masks import block_density  # noqa: F401
 from .masks import dilate_mask  # noqa: F401

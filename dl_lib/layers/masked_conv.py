@@ -11,9 +11,21 @@ has no kernel for the device/dtype (e.g. float16 on CPU).
 Gradients flow to input, weight and bias (positions outside the mask contribute nothing); the
 mask gets none. For soft masks or double backward use the dense reference.
 
-Fast paths want channels_last (NHWC) inputs: the output keeps the input's memory format.
+``masked_conv2d(..., out=t)`` is the "keep" variant (``torch.ops.dl_lib.masked_conv2d_out``): it
+writes the active positions into ``t`` and leaves the others as they are (no zero fill), for
+models that fill skipped positions from elsewhere; ``t`` gets grad_output at the inactive
+positions.
+
+Under ``torch.autocast`` the op computes in the autocast dtype where a kernel has it (CUDA fp16 /
+bf16) and otherwise in float32 (the CPU kernels), and returns the dtype ``F.conv2d`` would.
+
+Fast paths want channels_last (NHWC) inputs: the output keeps the input's memory format, and on
+the CPU an NCHW input costs a transposing copy (the dense fallback then switches earlier, see
+``masked_conv_policy.BREAK_EVEN_NCHW``; models should follow
+:func:`~dl_lib.layers.masked_conv_policy.prefers_channels_last`).
 """
 import contextlib
+import inspect
 from typing import Optional, Sequence, Union
 
 import torch
@@ -23,8 +35,13 @@ import torch.nn.functional as F
 from dl_lib._ext import compiled_with_cuda, has_compiled_ops
 from dl_lib.analysis.masked_cost import counted_as_masked_conv
 
-from .masked_conv_policy import use_dense
-from .masked_conv_reference import _pair, conv_output_size, masked_conv2d_dense
+from .masked_conv_policy import input_layout, use_dense
+from .masked_conv_reference import (
+    _pair,
+    conv_output_size,
+    masked_conv2d_dense,
+    masked_conv2d_keep,
+)
 
 __all__ = ["masked_conv2d", "MaskedConv2d"]
 
@@ -69,15 +86,109 @@ if _HAS_OPS:
             grad_bias = weight.new_empty((weight.shape[0],))
         return grad_input, grad_weight, grad_bias
 
+    @torch.library.register_fake("dl_lib::masked_conv2d_out")
+    def _masked_conv2d_out_fake(input, weight, bias, mask, stride_h, stride_w, pad_h, pad_w,
+                                dilation_h, dilation_w, groups, out):
+        return out
 
-def _has_kernel(input: torch.Tensor) -> bool:
+
+def _has_kernel(input: torch.Tensor, dtype: Optional[torch.dtype] = None) -> bool:
+    """Whether a compiled kernel runs ``input``'s device and ``dtype`` (default: its own)."""
+    dtype = input.dtype if dtype is None else dtype
     if not _HAS_OPS:
         return False
     if input.device.type == "cpu":
-        return input.dtype in _CPU_DTYPES
+        return dtype in _CPU_DTYPES
     if input.device.type == "cuda":
-        return _HAS_CUDA_OPS and input.dtype in _CUDA_DTYPES
+        return _HAS_CUDA_OPS and dtype in _CUDA_DTYPES
     return False
+
+
+def _autocast_dtype(input: torch.Tensor) -> Optional[torch.dtype]:
+    """The autocast dtype of ``input``'s device when autocast is on there, else None."""
+    device_type = input.device.type
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+class _MaskedConv2dKeep(torch.autograd.Function):
+    """``masked_conv2d_out`` with gradients: input/weight/bias as the masked op, and the previous
+    values of ``out`` receive grad_output at the inactive positions."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, mask, out, stride, padding, dilation, groups):
+        torch.ops.dl_lib.masked_conv2d_out(input, weight, bias, mask, stride[0], stride[1],
+                                           padding[0], padding[1], dilation[0], dilation[1],
+                                           groups, out)
+        ctx.mark_dirty(out)
+        ctx.save_for_backward(input, weight, mask)
+        ctx.conv_args = (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+                         groups)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight, mask = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        output_mask = [need[0], need[1], ctx.has_bias and need[2]]
+        grad_input = grad_weight = grad_bias = grad_out = None
+        if any(output_mask):
+            grad_input, grad_weight, grad_bias = torch.ops.dl_lib._masked_conv2d_backward(
+                grad_output, input, weight, mask, *ctx.conv_args, output_mask)
+        if need[4]:
+            grad_out = grad_output.masked_fill(mask, 0)
+        return grad_input, grad_weight, grad_bias, None, grad_out, None, None, None, None
+
+
+def _check_out(out: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, out_hw) -> None:
+    expected = (input.shape[0], weight.shape[0], out_hw[0], out_hw[1])
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"masked_conv2d: out must have the convolution's output shape (N, O, "
+                         f"Ho, Wo) = {expected}, got {got}")
+    if out.dtype != input.dtype or out.device != input.device:
+        raise TypeError(f"masked_conv2d: out must be a {input.dtype} tensor on {input.device} "
+                        f"like input, got {out.dtype} on {out.device}; allocate it with "
+                        f"input.new_empty(...) or cast it")
+
+
+def _keep_dense(input, weight, bias, mask, out, stride, padding, dilation, groups,
+                all_active: bool = False) -> torch.Tensor:
+    """Dense convolution into ``out`` at the active positions (fallback of the keep variant)."""
+    y = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    if all_active:
+        return out.copy_(y)
+    if torch.is_grad_enabled() and (y.requires_grad or out.requires_grad):
+        return out.copy_(torch.where(mask, y, out))  # differentiable in y and out
+    return torch.where(mask, y, out, out=out)
+
+
+def _masked_conv2d_autocast(input, weight, bias, mask, stride, padding, dilation, groups,
+                            dense_fallback, out, dtype) -> torch.Tensor:
+    """masked_conv2d under autocast: computes in ``dtype`` where a kernel has it, else in float32,
+    and returns ``dtype`` like ``F.conv2d`` would (``out``'s dtype for the keep variant)."""
+    if out is not None:
+        compute = out.dtype
+    elif not _HAS_OPS or _has_kernel(input, dtype):
+        compute = dtype
+    else:
+        compute = torch.float32  # e.g. CPU bf16: the sparse float32 kernel, then a cast
+
+    def cast(t):
+        # Autocast leaves float64 alone and casts the other float types.
+        if t is None or not t.is_floating_point() or t.dtype == torch.float64:
+            return t
+        return t.to(compute)
+
+    result_dtype = dtype if input.dtype != torch.float64 else input.dtype
+    # The undecorated function: a cost tracker's wrapper already counts this call once.
+    inner = inspect.unwrap(masked_conv2d)
+    with torch.autocast(input.device.type, enabled=False):
+        y = inner(cast(input), cast(weight), cast(bias), mask, stride, padding, dilation,
+                  groups, dense_fallback=dense_fallback, out=out)
+    return y if out is not None or y.dtype == result_dtype else y.to(result_dtype)
 
 
 def _prepare_mask(mask: torch.Tensor, input: torch.Tensor, out_hw) -> torch.Tensor:
@@ -112,7 +223,8 @@ def _prepare_mask(mask: torch.Tensor, input: torch.Tensor, out_hw) -> torch.Tens
 def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   mask: torch.Tensor, stride: IntPair = 1, padding: IntPair = 0,
                   dilation: IntPair = 1, groups: int = 1,
-                  dense_fallback: bool = False) -> torch.Tensor:
+                  dense_fallback: bool = False,
+                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """2-D convolution computed only at the active positions of ``mask``.
 
     Args:
@@ -123,11 +235,16 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         stride, padding, dilation: int or (h, w) pair, as in ``F.conv2d`` (zero padding).
         groups: as in ``F.conv2d``.
         dense_fallback: if True, run ``F.conv2d(...) * mask`` when the mask's density is above
-            the layer's break-even point (``masked_conv_policy``); costs one host sync for the
-            density.
+            the layer's break-even point for this input's layout (``masked_conv_policy``);
+            costs one host sync for the density.
+        out: optional N x O x Ho x Wo tensor of the input's dtype and device (any memory
+            format): the active positions are written into it, the others keep their values
+            (no zero fill); it is returned, and gets grad_output at the inactive positions.
+            A leaf that requires grad cannot be written in place (pass a clone).
 
     Returns:
-        N x O x Ho x Wo: ``F.conv2d(...)`` at active positions, 0 elsewhere. On the CPU an
+        N x O x Ho x Wo: ``F.conv2d(...)`` at active positions, 0 elsewhere (``out``'s values
+        there with ``out``). Under ``torch.autocast``: the autocast dtype. On the CPU an
         output of 1 MiB or more takes its storage from a cache of freed outputs (a fresh
         multi-megabyte block costs a page fault per 4 KiB, more than the sparse compute at low
         density); the cache holds at most ``DL_LIB_MASKED_CONV_POOL_MB`` MiB (default 256, 0
@@ -137,12 +254,18 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     if input.dim() != 4 or weight.dim() != 4:
         raise ValueError(f"masked_conv2d: input and weight must be 4-D, got input "
                          f"{tuple(input.shape)} and weight {tuple(weight.shape)}")
+    autocast_dtype = _autocast_dtype(input)
+    if autocast_dtype is not None:
+        return _masked_conv2d_autocast(input, weight, bias, mask, stride, padding, dilation,
+                                       groups, dense_fallback, out, autocast_dtype)
     if weight.dtype != input.dtype:
         raise TypeError(f"masked_conv2d: weight dtype {weight.dtype} differs from input dtype "
                         f"{input.dtype}")
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     out_hw = conv_output_size(input.shape[-2:], weight.shape[-2:], stride, padding, dilation)
     mask = _prepare_mask(mask, input, out_hw)
+    if out is not None:
+        _check_out(out, input, weight, out_hw)
     if dense_fallback and not torch.compiler.is_compiling():
         # One count (a bool reduction, ~20 us for a 256x512 mask) gives both the density and
         # whether the fallback may skip zeroing; a float mean plus mask.all() cost ~6x that.
@@ -150,9 +273,18 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         density = active / mask.numel() if mask.numel() else 0.0
         # The backward breaks even at lower densities: training uses its own thresholds.
         training = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
-        if use_dense(weight, groups, density, input.device.type, training):
+        if use_dense(weight, groups, density, input.device.type, training, input_layout(input)):
+            if out is not None:
+                return _keep_dense(input, weight, bias, mask, out, stride, padding, dilation,
+                                   groups, all_active=active == mask.numel())
             return masked_conv2d_dense(input, weight, bias, mask, stride, padding, dilation,
                                        groups, all_active=active == mask.numel())
+    if out is not None:
+        if not _has_kernel(input):
+            return out.copy_(masked_conv2d_keep(input, weight, bias, mask, out, stride, padding,
+                                                dilation, groups))
+        return _MaskedConv2dKeep.apply(input, weight, bias, mask, out, stride, padding, dilation,
+                                       groups)
     if not _has_kernel(input):
         return masked_conv2d_dense(input, weight, bias, mask, stride, padding, dilation, groups)
     return torch.ops.dl_lib.masked_conv2d(input, weight, bias, mask, stride[0], stride[1],
@@ -197,17 +329,22 @@ class MaskedConv2d(nn.Conv2d):
         finally:
             self._mask = previous
 
-    def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``input`` N x C x H x W, ``mask`` N x 1 x Ho x Wo (or the set one); with ``out`` (N x
+        O x Ho x Wo) the active positions are written into it and the rest kept (see
+        :func:`masked_conv2d`)."""
         mask = self._mask if mask is None else mask
         if mask is None:
-            return super().forward(input)
+            y = super().forward(input)
+            return y if out is None else out.copy_(y)
         x, padding = input, self.padding
         if isinstance(self.padding, str) or self.padding_mode != "zeros":
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(input, self._reversed_padding_repeated_twice, mode=mode)
             padding = (0, 0)
         return masked_conv2d(x, self.weight, self.bias, mask, self.stride, padding, self.dilation,
-                             self.groups, dense_fallback=self.dense_fallback)
+                             self.groups, dense_fallback=self.dense_fallback, out=out)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", dense_fallback={self.dense_fallback}"

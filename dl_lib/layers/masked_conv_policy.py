@@ -1,4 +1,4 @@
-"""When to run a masked convolution densely.
+"""When to run a masked convolution densely, and which memory format models should use.
 
 Above a layer's break-even density the sparse kernel is slower than ``F.conv2d`` followed by a
 multiplication with the mask, so :class:`dl_lib.layers.MaskedConv2d` (and
@@ -8,11 +8,22 @@ are measured per (kind, channel bucket, device type):
 * kind: ``"depthwise"`` (in = out = groups), ``"1x1"`` (1x1 kernel, any stride) or ``"kxk"``
   (everything else);
 * channel bucket: ``"le32"``, ``"le64"``, ``"le128"``, ``"gt128"`` on max(in, out) channels;
-* device type: ``"cpu"`` or ``"cuda"``.
+* device type: ``"cpu"`` or ``"cuda"``;
 
-The table between the BEGIN/END markers is generated: ``write_break_even_table`` rewrites it (the
-benchmark ``benchmarks/masked_conv.py`` calls it), with a comment naming the command and date that
-produced the numbers. Keys missing from the table use ``DEFAULT_BREAK_EVEN``.
+and per input layout: ``BREAK_EVEN`` / ``BREAK_EVEN_TRAINING`` hold channels_last (NHWC) inputs,
+``BREAK_EVEN_NCHW`` contiguous (NCHW) ones, for which the CPU kernel pays a transposing copy of
+the input and strided output writes (measured: a 64-channel 256x512 NCHW input at d = 0.5 ran
+0.91x the speed of dense on the same input, where channels_last broke even near d = 1).
+
+The tables between the BEGIN/END markers are generated: ``write_break_even_table`` rewrites one
+(the benchmark ``benchmarks/masked_conv.py --write-policy`` calls it), with a comment per device
+naming the command and date that produced its numbers. ``HAND_SET`` holds the entries nobody
+measured (the CUDA ones: no GPU was available when they were set); a measurement of a key
+replaces its hand-set entry. Keys in none of the tables use ``DEFAULT_BREAK_EVEN``.
+
+Models: :func:`prefers_channels_last` says whether to keep activations channels_last on a device
+(``model.to(memory_format=torch.channels_last)`` and channels_last inputs) so that every masked
+layer takes the fast path.
 """
 import datetime
 import re
@@ -24,20 +35,23 @@ import torch
 __all__ = [
     "BREAK_EVEN",
     "BREAK_EVEN_TRAINING",
+    "BREAK_EVEN_NCHW",
+    "HAND_SET",
     "DEFAULT_BREAK_EVEN",
     "layer_kind",
     "channel_bucket",
     "break_even_density",
     "use_dense",
+    "input_layout",
+    "prefers_channels_last",
     "write_break_even_table",
 ]
 
 DEFAULT_BREAK_EVEN = 0.5
 
 # BEGIN BREAK_EVEN TABLE
-# Produced by: python benchmarks/masked_conv.py --device cpu --threads 2 --write-policy (float32,
-#   2 threads, fwd break-even, torch 2.14.1+cu130)
-#   on 2026-11-22.
+# cpu: python benchmarks/masked_conv.py --device cpu --threads 2 --write-policy (float32, 2
+#   threads, fwd break-even, torch 2.14.1+cu130) on 2026-11-22.
 BREAK_EVEN: Dict[Tuple[str, str, str], float] = {
     ('1x1', 'gt128', 'cpu'): 0.991,
     ('1x1', 'le128', 'cpu'): 1,
@@ -51,6 +65,16 @@ BREAK_EVEN: Dict[Tuple[str, str, str], float] = {
     ('kxk', 'le128', 'cpu'): 0.999,
     ('kxk', 'le32', 'cpu'): 0.781,
     ('kxk', 'le64', 'cpu'): 0.966,
+}
+# END BREAK_EVEN TABLE
+
+# CUDA entries SET BY HAND, NOT MEASURED: no GPU was available when the CUDA kernels were
+# written or since, so these are guesses, not break-even points.
+#   python benchmarks/masked_conv.py --device cuda --write-policy
+# replaces each key it measures: the key moves into BREAK_EVEN (with that command and date as
+# its provenance) and is dropped here.
+# BEGIN HAND_SET TABLE
+HAND_SET: Dict[Tuple[str, str, str], float] = {
     ('1x1', 'gt128', 'cuda'): 0.5,
     ('1x1', 'le128', 'cuda'): 0.4,
     ('1x1', 'le32', 'cuda'): 0.2,
@@ -64,15 +88,22 @@ BREAK_EVEN: Dict[Tuple[str, str, str], float] = {
     ('kxk', 'le32', 'cuda'): 0.15,
     ('kxk', 'le64', 'cuda'): 0.2,
 }
-# END BREAK_EVEN TABLE
+# END HAND_SET TABLE
+
+# Contiguous (NCHW) inputs, forward: the CPU kernels read NHWC, so an NCHW input costs a
+# transposing copy and strided output writes, and the sparse path breaks even at lower densities.
+# Keys missing here use the channels_last entry (the CUDA kernels read through the strides).
+# BEGIN BREAK_EVEN_NCHW TABLE
+BREAK_EVEN_NCHW: Dict[Tuple[str, str, str], float] = {
+}
+# END BREAK_EVEN_NCHW TABLE
 
 # Training (forward + backward): the sparse backward breaks even at lower densities than the
 # forward, so layers whose input or weight requires grad use this table (keys missing here fall
 # back to BREAK_EVEN).
 # BEGIN BREAK_EVEN_TRAINING TABLE
-# Produced by: python benchmarks/masked_conv.py --device cpu --threads 2 --write-policy (float32,
-#   2 threads, fwdbwd break-even, torch 2.14.1+cu130)
-#   on 2026-11-22.
+# cpu: python benchmarks/masked_conv.py --device cpu --threads 2 --write-policy (float32, 2
+#   threads, fwdbwd break-even, torch 2.14.1+cu130) on 2026-11-22.
 BREAK_EVEN_TRAINING: Dict[Tuple[str, str, str], float] = {
     ('1x1', 'gt128', 'cpu'): 0.268,
     ('1x1', 'le128', 'cpu'): 0.303,
@@ -105,37 +136,109 @@ def channel_bucket(channels: int) -> str:
 
 
 def break_even_density(kind: str, channels: int, device_type: str,
-                       training: bool = False) -> float:
-    """Density above which the dense path is faster, from the table (or the default).
+                       training: bool = False, layout: str = "nhwc") -> float:
+    """Density above which the dense path is faster.
 
-    ``training``: forward + backward (``BREAK_EVEN_TRAINING``, else the forward entry)."""
+    ``training``: forward + backward (``BREAK_EVEN_TRAINING``, else the forward entry).
+    ``layout``: ``"nhwc"`` (channels_last input) or ``"nchw"`` (contiguous input); an NCHW entry
+    caps the threshold (in training too: its extra copy and strided writes are in both passes).
+    Lookup: measured table, then ``HAND_SET``, then ``DEFAULT_BREAK_EVEN``.
+    """
+    if layout not in _LAYOUTS:
+        raise ValueError(f"break_even_density: layout must be one of {_LAYOUTS}, got {layout!r}")
     key = (kind, channel_bucket(channels), device_type)
     if training and key in BREAK_EVEN_TRAINING:
-        return BREAK_EVEN_TRAINING[key]
-    return BREAK_EVEN.get(key, DEFAULT_BREAK_EVEN)
+        value = BREAK_EVEN_TRAINING[key]
+    else:
+        value = BREAK_EVEN.get(key, HAND_SET.get(key, DEFAULT_BREAK_EVEN))
+    if layout == "nchw" and key in BREAK_EVEN_NCHW:
+        value = min(value, BREAK_EVEN_NCHW[key])
+    return value
+
+
+def input_layout(input: torch.Tensor) -> str:
+    """``"nhwc"`` for a channels_last input, else ``"nchw"`` (what the break-even tables key)."""
+    from torch._prims_common import suggest_memory_format
+
+    return "nhwc" if suggest_memory_format(input) == torch.channels_last else "nchw"
 
 
 def use_dense(weight: torch.Tensor, groups: int, density: float, device_type: str,
-              training: bool = False) -> bool:
-    """True when a layer with this ``weight`` should run densely at active fraction ``density``."""
+              training: bool = False, layout: str = "nhwc") -> bool:
+    """True when a layer with this ``weight`` should run densely at active fraction ``density``
+    on an input of ``layout`` (see :func:`input_layout`)."""
     channels = max(weight.shape[0], weight.shape[1] * groups)
     return density > break_even_density(layer_kind(weight.shape, groups), channels, device_type,
-                                         training)
+                                         training, layout)
+
+
+def prefers_channels_last(device) -> bool:
+    """Whether models using masked convolutions should run channels_last on ``device``.
+
+    True on the CPU: the sparse kernels read NHWC (an NCHW input costs a transposing copy per
+    layer, about as long as the sparse compute at d = 0.1) and write NHWC outputs contiguously;
+    PyTorch's dense CPU convolutions (oneDNN) also take channels_last. True on CUDA: the kernels
+    read through strides but their loads are coalesced only for NHWC (not timed on a GPU here).
+    Use: ``model.to(memory_format=torch.channels_last)`` and
+    ``x = x.contiguous(memory_format=torch.channels_last)`` when this returns True.
+    """
+    return torch.device(device).type in ("cpu", "cuda")
+
+
+_LAYOUTS = ("nhwc", "nchw")
+# (mode, layout) -> name of the generated table.
+_TABLES = {("fwd", "nhwc"): "BREAK_EVEN", ("fwdbwd", "nhwc"): "BREAK_EVEN_TRAINING",
+           ("fwd", "nchw"): "BREAK_EVEN_NCHW"}
+_PROVENANCE = re.compile(r"^# (cpu|cuda): (.*)$")
+
+
+def _provenance(block: str) -> Dict[str, str]:
+    """{device: "command ... on date."} from the comment of a generated block."""
+    found: Dict[str, str] = {}
+    device = None
+    for line in block.splitlines()[1:]:
+        match = _PROVENANCE.match(line)
+        if match:
+            device = match.group(1)
+            found[device] = match.group(2)
+        elif device and line.startswith("#   "):
+            found[device] += " " + line[4:]
+        elif not line.startswith("#"):
+            break
+    return found
+
+
+def _table_block(name: str, table: Dict[Tuple[str, str, str], float],
+                 provenance: Dict[str, str]) -> str:
+    lines = [f"# BEGIN {name} TABLE"]
+    for device in sorted(provenance):
+        # Long commands are wrapped so the generated block stays within the line-length limit.
+        lines += [f"# {line}" for line in
+                  textwrap.wrap(f"{device}: {provenance[device]}", 97, subsequent_indent="  ")]
+    lines.append(f"{name}: Dict[Tuple[str, str, str], float] = {{")
+    for key in sorted(table, key=lambda k: (k[2], k[0], k[1])):
+        lines.append(f"    {key!r}: {table[key]:.3g},")
+    lines += ["}", f"# END {name} TABLE"]
+    return "\n".join(lines)
 
 
 def write_break_even_table(entries: Dict[Tuple[str, str, str], float], command: str,
                            path: Optional[str] = None, date: Optional[str] = None,
-                           mode: str = "fwd") -> None:
+                           mode: str = "fwd", layout: str = "nhwc") -> None:
     """Rewrite a generated table of ``path`` (this file by default) with ``entries`` merged in.
 
-    ``entries`` maps (kind, channel bucket, device type) to a break-even density; existing keys
-    not in ``entries`` are kept. ``mode`` "fwd" writes ``BREAK_EVEN``, "fwdbwd" writes
-    ``BREAK_EVEN_TRAINING``. ``command`` is recorded in the comment with ``date`` (today).
+    ``entries`` maps (kind, channel bucket, device type) to a measured break-even density;
+    existing keys not in ``entries`` are kept. (``mode``, ``layout``) pick the table: ("fwd",
+    "nhwc") ``BREAK_EVEN``, ("fwdbwd", "nhwc") ``BREAK_EVEN_TRAINING``, ("fwd", "nchw")
+    ``BREAK_EVEN_NCHW``. ``command`` and ``date`` (today) become the provenance comment of each
+    device in ``entries``. Forward entries replace the ``HAND_SET`` guesses of the same keys.
     """
-    if mode not in ("fwd", "fwdbwd"):
-        raise ValueError(f"write_break_even_table: mode must be 'fwd' or 'fwdbwd', got {mode!r}")
-    name = "BREAK_EVEN" if mode == "fwd" else "BREAK_EVEN_TRAINING"
-    current = BREAK_EVEN if mode == "fwd" else BREAK_EVEN_TRAINING
+    if (mode, layout) not in _TABLES:
+        raise ValueError(f"write_break_even_table: (mode, layout) must be one of "
+                         f"{sorted(_TABLES)} (mode 'fwd' or 'fwdbwd', layout 'nhwc' or 'nchw'), "
+                         f"got ({mode!r}, {layout!r})")
+    name = _TABLES[(mode, layout)]
+    current = globals()[name]
     path = path or __file__
     date = date or datetime.date.today().isoformat()
     table = dict(current)
@@ -144,21 +247,30 @@ def write_break_even_table(entries: Dict[Tuple[str, str, str], float], command: 
         if kind not in ("kxk", "1x1", "depthwise") or device not in ("cpu", "cuda"):
             raise ValueError(f"write_break_even_table: bad key {key}")
         table[key] = float(min(max(value, 0.0), 1.0))
-    # Long commands are wrapped so the generated block stays within the line-length limit.
-    produced = textwrap.wrap(f"Produced by: {command}", 95, subsequent_indent="  ") or [""]
-    lines = [f"# BEGIN {name} TABLE"] + [f"# {line}" for line in produced]
-    lines.append(f"#   on {date}.")
-    lines.append(f"{name}: Dict[Tuple[str, str, str], float] = {{")
-    for key in sorted(table, key=lambda k: (k[2], k[0], k[1])):
-        lines.append(f"    {key!r}: {table[key]:.3g},")
-    lines += ["}", f"# END {name} TABLE"]
     with open(path) as f:
         text = f.read()
-    pattern = re.compile(rf"# BEGIN {name} TABLE\n.*?# END {name} TABLE", re.S)
-    if not pattern.search(text):
-        raise RuntimeError(f"write_break_even_table: no BEGIN/END {name} TABLE block in {path}")
-    text = pattern.sub(lambda _: "\n".join(lines), text)
+    blocks = {}
+    for block_name in (name, "HAND_SET"):
+        pattern = re.compile(rf"# BEGIN {block_name} TABLE\n.*?# END {block_name} TABLE", re.S)
+        match = pattern.search(text)
+        if not match:
+            raise RuntimeError(f"write_break_even_table: no BEGIN/END {block_name} TABLE block "
+                               f"in {path}")
+        blocks[block_name] = (pattern, match.group(0))
+    provenance = _provenance(blocks[name][1])
+    for device in sorted({key[2] for key in entries}):
+        provenance[device] = f"{command} on {date}."
+    pattern, _ = blocks[name]
+    text = pattern.sub(lambda _: _table_block(name, table, provenance), text)
+    hand_set = dict(HAND_SET)
+    if mode == "fwd" and layout == "nhwc":
+        for key in entries:
+            hand_set.pop(key, None)
+        pattern, _ = blocks["HAND_SET"]
+        text = pattern.sub(lambda _: _table_block("HAND_SET", hand_set, {}), text)
     with open(path, "w") as f:
         f.write(text)
     current.clear()
     current.update(table)
+    HAND_SET.clear()
+    HAND_SET.update(hand_set)

@@ -17,7 +17,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["masked_conv2d_dense", "masked_conv2d_gather", "conv_output_size"]
+__all__ = ["masked_conv2d_dense", "masked_conv2d_keep", "masked_conv2d_gather",
+           "conv_output_size"]
 
 IntPair = Union[int, Sequence[int]]
 
@@ -57,6 +58,20 @@ def masked_conv2d_dense(input: torch.Tensor, weight: torch.Tensor, bias: Optiona
     if all_active:
         return y
     return y.mul_(mask.to(dtype=y.dtype))
+
+
+def masked_conv2d_keep(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       mask: torch.Tensor, out: torch.Tensor, stride: IntPair = 1,
+                       padding: IntPair = 0, dilation: IntPair = 1,
+                       groups: int = 1) -> torch.Tensor:
+    """Reference of the "keep" variant: ``F.conv2d`` at the active positions of ``mask``, the
+    values of ``out`` (N x O x Ho x Wo) elsewhere; returns a new tensor (``out`` is unchanged).
+
+    Differentiable in input, weight, bias and ``out`` (which gets grad_output at the inactive
+    positions).
+    """
+    y = F.conv2d(input, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups)
+    return torch.where(mask.to(torch.bool), y, out)
 
 
 def masked_conv2d_gather(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

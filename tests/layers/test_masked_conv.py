@@ -412,9 +412,9 @@ def test_training_uses_its_own_break_even_table(tmp_path):
     assert policy.BREAK_EVEN_TRAINING[key] < density < policy.BREAK_EVEN[key]
     assert not policy.use_dense(w, 1, density, "cpu")
     assert policy.use_dense(w, 1, density, "cpu", training=True)
-    # A key with no training entry falls back to the forward one.
+    # A key with no training entry falls back to the forward one (here the hand-set CUDA guess).
     assert policy.break_even_density("kxk", 64, "cuda", training=True) == \
-        policy.BREAK_EVEN[("kxk", "le64", "cuda")]
+        policy.HAND_SET[("kxk", "le64", "cuda")]
     path = tmp_path / "policy_copy.py"
     path.write_text(open(policy.__file__).read())
     saved = dict(policy.BREAK_EVEN_TRAINING)

@@ -20,6 +20,9 @@
 // float64, or CPUs without AVX-512: gather NHWC im2col rows + at::mm_out, chunks run serially so
 // the BLAS may use all threads.
 //
+// masked_conv2d_out runs the same kernels into a caller's tensor and skips the zeros (a model that
+// fills the skipped positions from elsewhere would otherwise pay for writing them twice).
+//
 // Backward: the same gather gives grad_weight = sum_chunks cols^T @ grad_rows (one accumulator per
 // part, reduced at the end, so the result is deterministic) and grad_input by scattering
 // grad_rows @ W^T back to the taps. grad_input is race-free: the active list is split into parts
@@ -27,6 +30,7 @@
 // and the bands (which overlap only by the kernel's extent) are summed into grad_input at the end.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -443,8 +447,10 @@ std::vector<float> pack_panels(const at::Tensor& weight, const Geometry& g, int6
 // per call, each thread computing its range of active pixels in chunks (tap pointers built once
 // per chunk, weight blocks reused across the chunk's tiles while they sit in L2) and zeroing the
 // inactive positions of its range.
+// zero_rest == false (masked_conv2d_out): the inactive positions keep what `out` held.
 void forward_implicit_gemm(const at::Tensor& x, const at::Tensor& weight, const float* bias,
-                           const Geometry& g, const std::vector<int64_t>& pos, at::Tensor& out) {
+                           const Geometry& g, const std::vector<int64_t>& pos, at::Tensor& out,
+                           bool zero_rest) {
   constexpr int64_t RMAX = cpu::kMaxTileRows;
   const int64_t taps = g.taps();
   const int64_t nblocks = (g.Og + cpu::kBlockCols - 1) / cpu::kBlockCols;
@@ -482,7 +488,8 @@ void forward_implicit_gemm(const at::Tensor& x, const at::Tensor& weight, const 
   // the blocks are split among units instead, so each block's panel is still read only once.
   // Only the first block range of a position range writes its zeros.
   const std::vector<WorkRange> ranges =
-      work_units(pos, g.N * hw, g.O, g.O + taps * g.Cg * g.O / 8, 4 * RMAX, kTileLcm);
+      work_units(pos, g.N * hw, zero_rest ? g.O : 0, g.O + taps * g.Cg * g.O / 8, 4 * RMAX,
+                 kTileLcm);
   const int64_t nranges = static_cast<int64_t>(ranges.size());
   const int64_t target_units = 8 * static_cast<int64_t>(at::get_num_threads());
   const int64_t nbsplit =
@@ -509,7 +516,7 @@ void forward_implicit_gemm(const at::Tensor& x, const at::Tensor& weight, const 
     const WorkRange& wr = ranges[u / nbsplit];
     const int64_t bsplit = u % nbsplit;
     const int64_t nb0 = nblocks * bsplit / nbsplit, nb1 = nblocks * (bsplit + 1) / nbsplit;
-    if (bsplit == 0) zero_inactive(op, os, g, pos, wr);
+    if (bsplit == 0 && zero_rest) zero_inactive(op, os, g, pos, wr);
     const float* zeros = s.zeros.data();
     for (int64_t r0 = wr.a0; r0 < wr.a1; r0 += chunk) {
       const int64_t nr = std::min(chunk, wr.a1 - r0);
@@ -640,16 +647,19 @@ DL_LIB_DEFINE_DW_PIXEL(double)
 
 // Depthwise: each thread walks its range of output positions, computing the active pixels
 // (vectorised over channels, NHWC input) and zeroing the rest, so the output is written once.
+// zero_rest == false (masked_conv2d_out): the inactive positions keep what `out` held.
 template <typename scalar_t>
 void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_t* bias,
-                       const Geometry& g, const std::vector<int64_t>& pos, at::Tensor& out) {
+                       const Geometry& g, const std::vector<int64_t>& pos, at::Tensor& out,
+                       bool zero_rest) {
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const scalar_t* wp = wdw.const_data_ptr<scalar_t>();  // [taps, C]
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   const OutStrides os = out_strides(out);
   const int64_t hw = g.Ho * g.Wo;
   const int64_t C = g.C, taps = g.taps();
-  const std::vector<WorkRange> units = work_units(pos, g.N * hw, C, C + taps * C / 2);
+  const std::vector<WorkRange> units =
+      work_units(pos, g.N * hw, zero_rest ? C : 0, C + taps * C / 2);
   // Offsets of the taps from the receptive field's top-left input pixel, and its extent.
   std::vector<int64_t> tap_offset(static_cast<size_t>(taps));
   for (int64_t ky = 0; ky < g.kh; ++ky) {
@@ -706,7 +716,7 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
       run_units(static_cast<int64_t>(units.size()), tap_pointers(kChunk),
                 [&](TapPointers& ch, int64_t u) {
         const WorkRange& wr = units[u];
-        zero_inactive(op, os, g, pos, wr);
+        if (zero_rest) zero_inactive(op, os, g, pos, wr);
         for (int64_t i0 = wr.a0; i0 < wr.a1; i0 += kChunk) {
           const int64_t count = std::min(kChunk, wr.a1 - i0);
           for (int64_t k = 0; k < count; ++k) {
@@ -729,7 +739,7 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
   run_units(static_cast<int64_t>(units.size()), tap_pointers(kSlots),
             [&](TapPointers& ring, int64_t u) {
     const WorkRange& wr = units[u];
-    zero_inactive(op, os, g, pos, wr);
+    if (zero_rest) zero_inactive(op, os, g, pos, wr);
     const auto fill = [&](int64_t i, bool prefetch) {
       const int64_t slot = (i - wr.a0) % kSlots;
       const scalar_t** src = ring.src.data() + slot * taps;
@@ -749,47 +759,83 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
   });
 }
 
+// Bias checked and made contiguous (undefined without one).
+at::Tensor checked_bias(const char* fn, const std::optional<at::Tensor>& bias, const Geometry& g,
+                        const at::Tensor& input) {
+  if (!bias.has_value() || !bias->defined()) return at::Tensor();
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.O && bias->scalar_type() ==
+                  input.scalar_type(),
+              fn, ": bias must be a 1-D tensor of ", g.O, " ", input.scalar_type(),
+              " values, got shape ", bias->sizes(), " and dtype ", bias->scalar_type());
+  return bias->contiguous();
+}
+
+// Computes the active positions of `mask` into `out`; zero_rest: also zero every other position
+// (the masked_conv2d semantics), else leave them as they are (masked_conv2d_out).
+void forward_into(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& b,
+                  const at::Tensor& mask, const Geometry& g, at::Tensor& out, bool zero_rest) {
+  const std::vector<int64_t> pos = active_positions(mask);
+  if (pos.empty() || out.numel() == 0) {
+    if (zero_rest) out.zero_();
+    return;
+  }
+  // The kernels read NHWC. A contiguous (NCHW) input costs one transposing copy here, about as
+  // long as the sparse compute at d = 0.1: channels_last inputs are the fast path.
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  if (!g.depthwise() && input.scalar_type() == at::kFloat && cpu::implicit_gemm_available()) {
+    forward_implicit_gemm(x, weight, b.defined() ? b.const_data_ptr<float>() : nullptr, g, pos,
+                          out, zero_rest);
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "masked_conv2d_forward_cpu", [&] {
+    const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+    if (g.depthwise()) {
+      const at::Tensor wdw = weight.reshape({g.C, g.taps()}).t().contiguous();
+      forward_depthwise<scalar_t>(x, wdw, bp, g, pos, out, zero_rest);
+    } else {
+      if (zero_rest) out.zero_();
+      forward_general<scalar_t>(x, pack_weight(weight, g), bp, g, pos, out);
+    }
+  });
+}
+
 at::Tensor masked_conv2d_forward_cpu_impl(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t groups) {
-  const Geometry g = check_and_describe("masked_conv2d (CPU)", input, weight, mask, stride_h,
-                                        stride_w, pad_h, pad_w, dilation_h, dilation_w, groups);
-  at::Tensor b;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.O && bias->scalar_type() ==
-                    input.scalar_type(),
-                "masked_conv2d (CPU): bias must be a 1-D tensor of ", g.O, " ",
-                input.scalar_type(), " values, got shape ", bias->sizes(), " and dtype ",
-                bias->scalar_type());
-    b = bias->contiguous();
-  }
+  const char* fn = "masked_conv2d (CPU)";
+  const Geometry g = check_and_describe(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w,
+                                        dilation_h, dilation_w, groups);
+  const at::Tensor b = checked_bias(fn, bias, g, input);
   // The output takes the input's memory format: NHWC output makes the scatter contiguous.
   const auto fmt = input.suggest_memory_format();
   // Allocated uninitialised: the depthwise and implicit-GEMM kernels write every position once
   // (computed or zero); the other paths zero it first. Large outputs reuse the storage of freed
   // ones instead of faulting in fresh pages (output_pool.h).
   at::Tensor out = cpu::pooled_empty({g.N, g.O, g.Ho, g.Wo}, input.options(), fmt);
-  const std::vector<int64_t> pos = active_positions(mask);
-  if (pos.empty() || out.numel() == 0) return out.zero_();
-  // The kernels read NHWC. A contiguous (NCHW) input costs one transposing copy here, about as
-  // long as the sparse compute at d = 0.1: channels_last inputs are the fast path.
-  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
-  if (!g.depthwise() && input.scalar_type() == at::kFloat && cpu::implicit_gemm_available()) {
-    forward_implicit_gemm(x, weight, b.defined() ? b.const_data_ptr<float>() : nullptr, g, pos,
-                          out);
-    return out;
-  }
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "masked_conv2d_forward_cpu", [&] {
-    const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
-    if (g.depthwise()) {
-      const at::Tensor wdw = weight.reshape({g.C, g.taps()}).t().contiguous();
-      forward_depthwise<scalar_t>(x, wdw, bp, g, pos, out);
-    } else {
-      out.zero_();
-      forward_general<scalar_t>(x, pack_weight(weight, g), bp, g, pos, out);
-    }
-  });
+  forward_into(input, weight, b, mask, g, out, /*zero_rest=*/true);
+  return out;
+}
+
+at::Tensor& masked_conv2d_out_cpu_impl(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t groups, at::Tensor& out) {
+  const char* fn = "masked_conv2d_out (CPU)";
+  const Geometry g = check_and_describe(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w,
+                                        dilation_h, dilation_w, groups);
+  const at::Tensor b = checked_bias(fn, bias, g, input);
+  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == input.scalar_type(), fn,
+              ": out must be a CPU ", input.scalar_type(), " tensor like input, got ",
+              out.scalar_type(), " on ", out.device());
+  TORCH_CHECK(out.dim() == 4 && out.size(0) == g.N && out.size(1) == g.O && out.size(2) == g.Ho &&
+                  out.size(3) == g.Wo,
+              fn, ": out must have the convolution's output shape (", g.N, ", ", g.O, ", ", g.Ho,
+              ", ", g.Wo, "), got ", out.sizes());
+  // Every output element is written by one thread, and input is read while out is written.
+  at::assert_no_internal_overlap(out);
+  at::assert_no_overlap(out, input);
+  forward_into(input, weight, b, mask, g, out, /*zero_rest=*/false);
   return out;
 }
 
@@ -1046,6 +1092,14 @@ at::Tensor masked_conv2d_forward_cpu(
                                         pad_w, dilation_h, dilation_w, groups);
 }
 
+at::Tensor& masked_conv2d_out_cpu(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t groups, at::Tensor& out) {
+  return masked_conv2d_out_cpu_impl(input, weight, bias, mask, stride_h, stride_w, pad_h, pad_w,
+                                    dilation_h, dilation_w, groups, out);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
@@ -1057,6 +1111,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
 
 TORCH_LIBRARY_IMPL(dl_lib, CPU, m) {
   m.impl("masked_conv2d", &masked_conv2d_forward_cpu);
+  m.impl("masked_conv2d_out", &masked_conv2d_out_cpu);
   m.impl("_masked_conv2d_backward", &masked_conv2d_backward_cpu);
 }
 

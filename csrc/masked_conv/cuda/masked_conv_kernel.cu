@@ -29,7 +29,8 @@
 //
 // Inputs are read through their strides (any memory format, no copy); the output is allocated in
 // the input's suggested memory format (channels_last stays channels_last, like F.conv2d) and
-// zero-filled by at::zeros (one dense write of the output, the layer's only dense cost).
+// zero-filled by at::zeros (one dense write of the output, the layer's only dense cost);
+// dl_lib::masked_conv2d_out runs the same kernels into a caller's tensor without that fill.
 //
 // Without a GPU, the device code is checked by running it in a CPU emulation
 // (emulate_kernels.cpp, driven by tests/test_cuda_compile_check.py): keep every kernel between
@@ -41,6 +42,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/cumsum.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
@@ -753,33 +755,32 @@ int64_t split_chunk(int64_t capacity, int64_t base, int64_t multiple) {
 
 // ------------------------------------------------------------------------------------------------
 
-at::Tensor masked_conv2d_forward_cuda(
-    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
-    int64_t dilation_h, int64_t dilation_w, int64_t groups) {
-  const char* fn = "dl_lib::masked_conv2d (CUDA)";
-  const Geom g = check_and_geometry(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w,
-                                    dilation_h, dilation_w, groups);
-  const bool has_bias = bias.has_value() && bias->defined();
-  if (has_bias) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.O, fn, ": `bias` must have shape [", g.O,
-                "], got ", bias->sizes());
-    TORCH_CHECK(bias->device() == input.device(), fn, ": `bias` is on ", bias->device(),
-                " but `input` is on ", input.device());
-    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), fn, ": `bias` dtype ",
-                bias->scalar_type(), " differs from `input` dtype ", input.scalar_type());
-  }
-  c10::cuda::CUDAGuard guard(input.device());
+namespace {
 
-  // Zero-filled output in the input's memory format; the kernels write the active positions.
-  at::Tensor out = at::zeros({g.N, g.O, g.Ho, g.Wo},
-                             input.options().memory_format(input.suggest_memory_format()));
+// Checks bias against the geometry; its contiguous copy, or undefined without one.
+at::Tensor checked_bias(const char* fn, const std::optional<at::Tensor>& bias, const Geom& g,
+                        const at::Tensor& input) {
+  if (!bias.has_value() || !bias->defined()) return at::Tensor();
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.O, fn, ": `bias` must have shape [", g.O,
+              "], got ", bias->sizes());
+  TORCH_CHECK(bias->device() == input.device(), fn, ": `bias` is on ", bias->device(),
+              " but `input` is on ", input.device());
+  TORCH_CHECK(bias->scalar_type() == input.scalar_type(), fn, ": `bias` dtype ",
+              bias->scalar_type(), " differs from `input` dtype ", input.scalar_type());
+  return bias->contiguous();
+}
+
+// Launches the forward kernels, which write conv2d(...) at the active positions of `mask` into
+// `out` (through its strides) and touch nothing else.
+void forward_active_into(const char* fn, const at::Tensor& input, const at::Tensor& weight,
+                         const at::Tensor& bias_c, const at::Tensor& mask, const Geom& g,
+                         at::Tensor& out) {
   if (out.numel() == 0) {
-    return out;
+    return;
   }
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const ActiveList list = build_active_list(mask, stream);
-  const at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();
+  const bool has_bias = bias_c.defined();
   const Strides4 xs = strides_of(input);
   const Strides4 os = strides_of(out);
 
@@ -807,6 +808,47 @@ at::Tensor masked_conv2d_forward_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
+}
+
+}  // namespace
+
+at::Tensor masked_conv2d_forward_cuda(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t groups) {
+  const char* fn = "dl_lib::masked_conv2d (CUDA)";
+  const Geom g = check_and_geometry(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w,
+                                    dilation_h, dilation_w, groups);
+  const at::Tensor bias_c = checked_bias(fn, bias, g, input);
+  c10::cuda::CUDAGuard guard(input.device());
+
+  // Zero-filled output in the input's memory format; the kernels write the active positions.
+  at::Tensor out = at::zeros({g.N, g.O, g.Ho, g.Wo},
+                             input.options().memory_format(input.suggest_memory_format()));
+  forward_active_into(fn, input, weight, bias_c, mask, g, out);
+  return out;
+}
+
+at::Tensor& masked_conv2d_out_cuda(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t groups, at::Tensor& out) {
+  const char* fn = "dl_lib::masked_conv2d_out (CUDA)";
+  const Geom g = check_and_geometry(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w,
+                                    dilation_h, dilation_w, groups);
+  const at::Tensor bias_c = checked_bias(fn, bias, g, input);
+  TORCH_CHECK(out.device() == input.device() && out.scalar_type() == input.scalar_type(), fn,
+              ": `out` must be a ", input.scalar_type(), " tensor on ", input.device(),
+              " like `input`, got ", out.scalar_type(), " on ", out.device());
+  TORCH_CHECK(out.dim() == 4 && out.size(0) == g.N && out.size(1) == g.O && out.size(2) == g.Ho &&
+                  out.size(3) == g.Wo,
+              fn, ": `out` must have the convolution's output shape [", g.N, ", ", g.O, ", ",
+              g.Ho, ", ", g.Wo, "], got ", out.sizes());
+  // Each element is written by one thread; `input` is read while `out` is written.
+  at::assert_no_internal_overlap(out);
+  at::assert_no_overlap(out, input);
+  c10::cuda::CUDAGuard guard(input.device());
+  forward_active_into(fn, input, weight, bias_c, mask, g, out);
   return out;
 }
 
@@ -939,6 +981,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cuda(
 
 TORCH_LIBRARY_IMPL(dl_lib, CUDA, m) {
   m.impl("masked_conv2d", &masked_conv2d_forward_cuda);
+  m.impl("masked_conv2d_out", &masked_conv2d_out_cuda);
   m.impl("_masked_conv2d_backward", &masked_conv2d_backward_cuda);
 }
 
