@@ -172,6 +172,9 @@ def load_pretrained_backbone(backbone: nn.Module, path: str,
     backbone.load_state_dict(loadable, strict=False)
     log = logger.warning if report.missing or report.mismatched else logger.info
     log(f"Loaded MODEL.PRETRAINED {path} into {name}: {report.summary()}\n{_table(report)}")
-    for k, a, b in report.mismatched:
-        logger.warning(f"MODEL.PRETRAINED: skipped {k}: shape {a} in the file, {b} in {name}")
+    if report.mismatched:
+        shown = "; ".join(f"{k}: {a} in the file, {b} here" for k, a, b in report.mismatched[:10])
+        more = len(report.mismatched) - 10
+        logger.warning(f"MODEL.PRETRAINED: skipped {len(report.mismatched)} tensors of another "
+                       f"shape (kept as initialised): {shown}" + (f"; {more} more" if more > 0 else ""))
     return report

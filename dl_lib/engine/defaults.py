@@ -68,6 +68,9 @@ process joins the launcher's group instead of spawning; an sbatch script spawns 
                              "schedule, iteration); without it MODEL.WEIGHTS initialises the "
                              "model only")
     parser.add_argument("--eval-only", action="store_true", help="evaluate only, no training")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="with --eval-only / dl_test and no MODEL.WEIGHTS: evaluate the random "
+                             "initialisation on purpose (a smoke test); otherwise that is an error")
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="processes per machine (GPUs; CPU processes with MODEL.DEVICE cpu)")
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
@@ -244,14 +247,24 @@ class DefaultTrainer(SimpleTrainer):
     # ---- resume / initialise ------------------------------------------------------------------
     def resume_or_load(self, resume: bool = True) -> None:
         """With ``resume`` and a checkpoint in ``OUTPUT_DIR`` (its ``last_checkpoint`` file):
-        restore everything and continue after its iteration. Otherwise load the model weights
-        from ``MODEL.WEIGHTS`` (if set) and start at iteration 0; the iteration, optimizer and
-        schedule stored in that file are ignored (fine-tuning must not skip iterations)."""
+        restore everything and continue after its iteration. Otherwise initialise the backbone
+        from ``MODEL.PRETRAINED`` (if set; stops when less than half of it matched), then load
+        the model weights from ``MODEL.WEIGHTS`` (if set; leniently, logging a table) and start
+        at iteration 0; the iteration, optimizer and schedule stored in that file are ignored
+        (fine-tuning must not skip iterations). A resume ignores ``MODEL.PRETRAINED``."""
         weights = self.cfg.MODEL.WEIGHTS
         resuming = resume and self.checkpointer.has_checkpoint()
         if resume and not resuming:
             logger.info(f"--resume: no checkpoint in {self.cfg.OUTPUT_DIR} (no last_checkpoint "
                         "file); starting a new run.")
+        pretrained = self.cfg.MODEL.PRETRAINED
+        if pretrained and not resuming:
+            from dl_lib.checkpoint import find_backbone, load_pretrained_backbone
+
+            load_pretrained_backbone(find_backbone(_unwrap(self.model)), pretrained)
+        elif pretrained:
+            logger.info(f"Resuming: MODEL.PRETRAINED={pretrained} is not loaded (the checkpoint "
+                        "holds the trained backbone).")
         checkpoint = self.checkpointer.resume_or_load(weights, resume=resume) or {}
         if resuming:
             if "iteration" not in checkpoint:

@@ -91,3 +91,52 @@ def test_build_from_config_registry():
     cfg.MODEL.BACKBONE.NAME = "resnet_missing"
     with pytest.raises(KeyError, match="MODEL.BACKBONE.NAME.*resnet18"):
         build_backbone(cfg)
+
+
+def test_stem_width_for_the_deep_stem_imagenet_files():
+    # PSPNet / MFARANet deep stems: 64, 64, 128 channels, then res2 starts from 128 channels.
+    net = ResNet("resnet18", deep_stem=True, stem_width=128, out_features=["stem", "res2"])
+    convs = [m for m in net.stem.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 128]
+    assert net.layer1[0].downsample[0].weight.shape == (64, 128, 1, 1)
+    assert net.output_shape()["stem"].channels == 128
+    with torch.no_grad():
+        _check_shapes(net.eval(), torch.randn(1, 3, 32, 32))
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.DEEP_STEM = True
+    cfg.MODEL.BACKBONE.STEM_WIDTH = 128
+    assert build_backbone(cfg).stem[6].out_channels == 128
+    cfg.MODEL.BACKBONE.STEM_WIDTH = 0  # = WIDTH
+    assert build_backbone(cfg).stem[6].out_channels == 64
+
+
+@pytest.mark.parametrize("file_key,our_key", [
+    ("conv1.weight", "conv1.weight"),         # torchvision: our plain-stem names
+    ("layer3.1.bn2.bias", "layer3.1.bn2.bias"),
+])
+def test_convert_pretrained_torchvision_keeps_names_drops_fc(file_key, our_key):
+    out = ResNet.convert_pretrained({file_key: torch.zeros(1), "fc.weight": torch.zeros(1),
+                                     "bn1.weight": torch.zeros(1)})
+    assert our_key in out and "fc.weight" not in out and "bn1.weight" in out
+
+
+@pytest.mark.parametrize("keys,expected", [
+    # semseg resnet50_v2: top-level conv1..3 / bn1..3
+    (["conv1.weight", "bn1.weight", "conv2.weight", "bn2.bias", "conv3.weight", "bn3.running_var",
+      "layer1.0.conv1.weight"],
+     ["stem.0.weight", "stem.1.weight", "stem.3.weight", "stem.4.bias", "stem.6.weight",
+      "stem.7.running_var", "layer1.0.conv1.weight"]),
+    # SFNet / MFARANet resnet18-deep-inplane128: Sequential conv1 and a 128-channel bn1
+    (["conv1.0.weight", "conv1.1.bias", "conv1.3.weight", "conv1.4.weight", "conv1.6.weight",
+      "bn1.running_mean", "layer1.0.bn1.weight"],
+     ["stem.0.weight", "stem.1.bias", "stem.3.weight", "stem.4.weight", "stem.6.weight",
+      "stem.7.running_mean", "layer1.0.bn1.weight"]),
+    # whole MFARANet / PSPNet models: layer0.*
+    (["layer0.0.0.weight", "layer0.0.4.bias", "layer0.1.weight", "channel_changes.0.0.weight"],
+     ["stem.0.weight", "stem.4.bias", "stem.7.weight", "channel_changes.0.0.weight"]),
+    (["layer0.0.weight", "layer0.7.bias", "ppm.features.0.1.weight"],
+     ["stem.0.weight", "stem.7.bias", "ppm.features.0.1.weight"]),
+])
+def test_convert_pretrained_deep_stem_layouts(keys, expected):
+    out = ResNet.convert_pretrained({k: torch.zeros(1) for k in keys})
+    assert list(out) == expected

@@ -25,6 +25,18 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @classmethod
+    def convert_pretrained(cls, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Map a released ImageNet state dict (``MODEL.PRETRAINED``) to this class's names.
+
+        Each backbone family overrides this for the layouts its weights are published in
+        (timm's ``checkpoint_filter_fn``): rename keys, drop the classifier. The default keeps
+        the names, for files saved from this class itself. ``dl_lib.checkpoint.
+        load_pretrained_backbone`` then copies what matches by name and shape and stops when
+        less than half of the backbone matched.
+        """
+        return dict(state_dict)
+
     @property
     def size_divisibility(self) -> int:
         """Inputs whose sides are multiples of this give exactly aligned feature maps."""

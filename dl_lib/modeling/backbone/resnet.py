@@ -3,10 +3,12 @@
 Additions over torchvision's classifier: named multi-scale outputs (``stem``, ``res2``..``res5``),
 an optional deep stem (three 3×3 convs, ResNet-C), dilated last stages for output stride 8 or 16,
 a configurable normalisation layer and frozen early stages (``FREEZE_AT``). Parameter names of the
-plain-stem variant match torchvision's (``conv1``, ``bn1``, ``layer1``..``layer4``), so ImageNet
-checkpoints load without renaming.
+plain-stem variant match torchvision's (``conv1``, ``bn1``, ``layer1``..``layer4``);
+``ResNet.convert_pretrained`` maps the deep-stem ImageNet layouts (semseg/PSPNet ``resnet50_v2``,
+SFNet/MFARANet ``resnet18-deep-inplane128``) to ours, for ``MODEL.PRETRAINED``. Those files have a
+128-channel deep stem: build with ``MODEL.BACKBONE.STEM_WIDTH 128``.
 """
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -27,6 +29,21 @@ RESNET_DEPTHS = {
     "resnet101": (tv_resnet.Bottleneck, [3, 4, 23, 3]),
 }
 _STAGES = ["res2", "res3", "res4", "res5"]
+
+# Deep-stem ImageNet layouts: key prefix in the file -> ours. Our deep stem is the Sequential
+# ``stem`` = conv, norm, relu, conv, norm, relu, conv, norm, relu (indices 0..8).
+_DEEP_STEM_LAYOUTS = {
+    # hszhao/semseg ``resnet50_v2.pth`` (PSPNet, ACoSP): top-level conv1..3 / bn1..3.
+    "semseg": {"conv1.": "stem.0.", "bn1.": "stem.1.", "conv2.": "stem.3.", "bn2.": "stem.4.",
+               "conv3.": "stem.6.", "bn3.": "stem.7."},
+    # SFNet / MFARANet ``resnet18-deep-inplane128.pth``: Sequential conv1 (0, 1, 3, 4, 6) + bn1.
+    "sfnet": {"conv1.0.": "stem.0.", "conv1.1.": "stem.1.", "conv1.3.": "stem.3.",
+              "conv1.4.": "stem.4.", "conv1.6.": "stem.6.", "bn1.": "stem.7."},
+    # Whole PSPNet models (semseg, ACoSP): layer0 = the stem Sequential with our indices.
+    "pspnet_layer0": {"layer0.": "stem."},
+    # Whole MFARANet models: layer0 = Sequential(conv1 Sequential, bn1, relu, maxpool).
+    "mfaranet_layer0": {"layer0.0.": "stem.", "layer0.1.": "stem.7."},
+}
 
 
 def norm_factory(name: str) -> Callable[[int], nn.Module]:
@@ -101,6 +118,9 @@ class ResNet(Backbone):
             (no gradient, BatchNorm replaced by FrozenBatchNorm2d).
         width: channels of the stem and of res2's 3×3 convs (64 in torchvision); stage i has
             ``width * 2**(i-2)`` (times the block expansion at its output). Narrower is faster.
+        stem_width: output channels of the stem (the deep stem's convs have stem_width/2,
+            stem_width/2, stem_width); None: ``width``. 128 for the PSPNet/MFARANet deep-stem
+            ImageNet files, whose res2 then starts with a 128 -> res2 shortcut.
         zero_init_residual: zero the last norm of each residual branch so every block starts as
             the identity; this makes training from scratch converge much faster.
 
@@ -110,7 +130,7 @@ class ResNet(Backbone):
     def __init__(self, depth: str = "resnet18", out_features: Sequence[str] = tuple(_STAGES),
                  norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d, deep_stem: bool = False,
                  output_stride: int = 32, freeze_at: int = 0, width: int = 64,
-                 zero_init_residual: bool = True):
+                 zero_init_residual: bool = True, stem_width: Optional[int] = None):
         super().__init__()
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"Unknown ResNet depth {depth!r} (MODEL.BACKBONE.NAME); choose one of "
@@ -122,20 +142,22 @@ class ResNet(Backbone):
             raise ValueError(f"ResNet out_features {list(out_features)} must be a non-empty subset of "
                              f"{['stem'] + _STAGES} (MODEL.BACKBONE.OUT_FEATURES).")
         block, layers = RESNET_DEPTHS[depth]
+        stem_width = stem_width or width
         if deep_stem:
-            half = max(width // 2, 1)
+            half = max(stem_width // 2, 1)
             self.stem = nn.Sequential(
                 nn.Conv2d(3, half, 3, stride=2, padding=1, bias=False), norm_layer(half), nn.ReLU(inplace=True),
                 nn.Conv2d(half, half, 3, padding=1, bias=False), norm_layer(half), nn.ReLU(inplace=True),
-                nn.Conv2d(half, width, 3, padding=1, bias=False), norm_layer(width), nn.ReLU(inplace=True),
+                nn.Conv2d(half, stem_width, 3, padding=1, bias=False), norm_layer(stem_width),
+                nn.ReLU(inplace=True),
             )
         else:
-            self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
-            self.bn1 = norm_layer(width)
+            self.conv1 = nn.Conv2d(3, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
+            self.bn1 = norm_layer(stem_width)
             self.stem = None
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        in_channels = width
+        in_channels = stem_width
         for i, blocks in enumerate(layers):
             planes = width * 2 ** i
             setattr(self, f"layer{i + 1}", _make_stage(block, in_channels, planes, blocks,
@@ -154,7 +176,7 @@ class ResNet(Backbone):
         else:
             strides.update(res4=16, res5=32)
         widths = [width * block.expansion * 2 ** i for i in range(4)]
-        channels = {"stem": width, **dict(zip(_STAGES, widths))}
+        channels = {"stem": stem_width, **dict(zip(_STAGES, widths))}
 
         # Stages after the last requested one are removed: unused parameters would break DDP.
         last = max((["stem"] + _STAGES).index(f) for f in out_features)
@@ -166,6 +188,38 @@ class ResNet(Backbone):
         self._out_feature_strides = {f: strides[f] for f in out_features}
         self._num_stages = last
         self.freeze(freeze_at)
+
+    @classmethod
+    def convert_pretrained(cls, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """ImageNet ResNet files -> our names; the classifier (``fc.*``) is dropped.
+
+        Recognised by their keys: torchvision (``conv1``/``bn1``/``layer1..4``, 7×7 stem: our
+        plain-stem names already), semseg ``resnet50_v2`` (top-level ``conv1..3``/``bn1..3``),
+        SFNet/MFARANet deep stem (``conv1.0``, ``conv1.3``, ``conv1.6``, ``bn1``), and whole
+        PSPNet / MFARANet models (``layer0.*``; their heads stay unexpected keys).
+        """
+        keys = set(state_dict)
+        if "conv1.0.weight" in keys:
+            layout = "sfnet"
+        elif "conv3.weight" in keys and "conv2.weight" in keys:
+            layout = "semseg"
+        elif "layer0.0.0.weight" in keys:
+            layout = "mfaranet_layer0"
+        elif "layer0.0.weight" in keys:
+            layout = "pspnet_layer0"
+        else:
+            layout = None
+        renames = _DEEP_STEM_LAYOUTS.get(layout, {})
+        out = {}
+        for key, value in state_dict.items():
+            if key.startswith("fc."):
+                continue
+            for old, new in renames.items():
+                if key.startswith(old):
+                    key = new + key[len(old):]
+                    break
+            out[key] = value
+        return out
 
     def freeze(self, freeze_at: int) -> "ResNet":
         """Freeze the stem (freeze_at >= 1) and stages res2..res{freeze_at} (freeze_at >= 2).
@@ -201,11 +255,12 @@ class ResNet(Backbone):
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_backbone(cfg) -> ResNet:
-    """ResNet from ``MODEL.BACKBONE.{NAME, NORM, OUT_FEATURES, DEEP_STEM, OUTPUT_STRIDE, FREEZE_AT, WIDTH}``."""
+    """ResNet from ``MODEL.BACKBONE.{NAME, NORM, OUT_FEATURES, DEEP_STEM, OUTPUT_STRIDE, FREEZE_AT,
+    WIDTH, STEM_WIDTH}``."""
     b = cfg.MODEL.BACKBONE
     return ResNet(depth=b.NAME, out_features=b.OUT_FEATURES, norm_layer=norm_factory(b.NORM),
                   deep_stem=b.DEEP_STEM, output_stride=b.OUTPUT_STRIDE, freeze_at=b.FREEZE_AT,
-                  width=b.WIDTH)
+                  width=b.WIDTH, stem_width=b.STEM_WIDTH or None)
 
 
 # Registering each depth under its own name lets MODEL.BACKBONE.NAME be "resnet18" directly.
