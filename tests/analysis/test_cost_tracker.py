@@ -249,3 +249,25 @@ def test_pure_pytorch_build_counts_the_same():
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", _NO_EXT_SCRIPT], env=env,
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert ast.literal_eval(out.strip()) == [_expected(ACTIVE[0]), _expected(ACTIVE[1])]
+
+
+@pytest.mark.parametrize("path", ["default", "dense_fallback", "no_compiled_kernel"])
+def test_keep_variant_and_autocast_count_active_positions_once(path, monkeypatch):
+    """masked_conv2d(..., out=) writes into an existing tensor; under autocast the wrapper casts
+    and calls itself undecorated: either way one masked conv's active positions are counted."""
+    if path == "dense_fallback":
+        _force_dense_fallback(monkeypatch)
+    elif path == "no_compiled_kernel":
+        _force_no_kernel(monkeypatch)
+    conv, mask, x = _conv(), _mask(), torch.randn(2, C_IN, H, W)
+    out = torch.full((2, C_OUT, H, W), 7.0)
+    _, raw = _raw_per_image(conv, lambda: conv(x, mask, out=out), 2)
+    assert raw == [_expected(ACTIVE[0]), _expected(ACTIVE[1])]
+    assert bool((out[:, :, ~mask[0, 0]][0] == 7).all())  # inactive positions kept
+
+    def autocast_run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            conv(x, mask)
+
+    _, raw = _raw_per_image(conv, autocast_run, 2)
+    assert raw == [_expected(ACTIVE[0]), _expected(ACTIVE[1])]
