@@ -142,9 +142,12 @@ class TestTimeSegmentor(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module) -> dict:
-        """Constructor arguments from ``cfg.TEST`` (and ``MODEL.PIXEL_MEAN/STD``)."""
+        """Constructor arguments from ``cfg.TEST``; the statistics are the model's own
+        ``pixel_mean``/``pixel_std`` buffers, or ``MODEL.PIXEL_MEAN/STD`` for a model without."""
         aug = cfg.TEST.AUG
-        return dict(model=model, pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD,
+        own = hasattr(model, "pixel_mean") and hasattr(model, "pixel_std")
+        return dict(model=model, pixel_mean=None if own else cfg.MODEL.PIXEL_MEAN,
+                    pixel_std=None if own else cfg.MODEL.PIXEL_STD,
                     min_sizes=aug.MIN_SIZES if aug.ENABLED else (),
                     max_size=aug.MAX_SIZE, flip=aug.ENABLED and aug.FLIP, mode=cfg.TEST.MODE,
                     crop_size=cfg.TEST.SLIDE.CROP_SIZE, stride=cfg.TEST.SLIDE.STRIDE)
@@ -161,8 +164,9 @@ class TestTimeSegmentor(nn.Module):
                 for s in self.min_sizes]
 
     def predict_probabilities(self, image: torch.Tensor, out_size: Tuple[int, int]):
-        """Averaged softmax over the views of one ``image`` (3×h×w, RGB 0–255): a list with one
-        K×H×W tensor per exit (one entry for single-exit models), ``out_size`` = (H, W)."""
+        """Averaged softmax over the views of one ``image`` (3×h×w, RGB 0–255) at ``out_size``
+        = (H, W). Returns (a list of K×H×W probabilities, one per exit; whether the model
+        returned several exits)."""
         image = image.to(self.pixel_mean.device).float()
         sums, num_views = None, 0
         for size in self._view_sizes(tuple(image.shape[-2:]), out_size):

@@ -325,3 +325,33 @@ def test_every_test_key_is_read_somewhere():
         if not (direct or via_parent):
             unread.append(key)
     assert unread == [], f"config keys nothing reads: {unread}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_wrapper_follows_the_models_device():
+    model = _segmentor(global_term=False).cuda()
+    inp = _input(20, 30, image=torch.randint(0, 256, (3, 20, 30)).float())
+    cfg = get_cfg()
+    cfg.TEST.AUG.ENABLED = True
+    cfg.TEST.AUG.MIN_SIZES = [20, 24]
+    cfg.MODEL.PIXEL_MEAN = [120.0, 110.0, 100.0]
+    cfg.MODEL.PIXEL_STD = [60.0, 60.0, 60.0]
+    with torch.no_grad():
+        out = build_test_time_model(cfg, model).eval()([inp])[0]["sem_seg"]
+        ref = build_test_time_model(cfg, model.cpu()).eval()([inp])[0]["sem_seg"]
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_from_config_prefers_the_models_statistics():
+    cfg = get_cfg()
+    cfg.TEST.MODE = "slide"
+    own = build_test_time_model(cfg, FunctionModel(column_logit, mean=(1.0, 2.0, 3.0)))
+    assert own.pixel_mean.flatten().tolist() == [1.0, 2.0, 3.0]
+
+    class Bare(nn.Module):
+        def predict_logits(self, x):
+            return column_logit(x)
+
+    bare = build_test_time_model(cfg, Bare())
+    assert bare.pixel_mean.flatten().tolist() == pytest.approx(list(cfg.MODEL.PIXEL_MEAN))
