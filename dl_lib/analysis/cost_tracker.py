@@ -126,7 +126,9 @@ class _GmacMode(TorchDispatchMode):
         kwargs = kwargs or {}
         if self.suspended:
             return func(*args, **kwargs)
-        packet = func._overloadpacket
+        packet = getattr(func, "_overloadpacket", None)
+        if packet is None:  # a higher-order operator: run it, its inner ops come back here
+            return func(*args, **kwargs)
         if packet.__name__ in _QUERY_OPS:
             return NotImplemented
         per_image = _PER_IMAGE_FORMULAS.get(packet)

@@ -93,7 +93,7 @@ def _sync_device(model):
 
 
 def _executed_cost(model: nn.Module, inputs: List[dict], conventions: Sequence[str], costs: list):
-    """``model(inputs)`` under a :class:`CostTracker`; appends one {convention: GFLOPs} per image."""
+    """``model(inputs)`` under a :class:`CostTracker`; appends {convention: GFLOPs} per image."""
     with CostTracker(model, conventions, num_images=len(inputs)) as tracker:
         outputs = model(inputs)
     costs.extend(tracker.per_image())
@@ -101,7 +101,7 @@ def _executed_cost(model: nn.Module, inputs: List[dict], conventions: Sequence[s
 
 
 def _summarize_executed(costs: list, conventions: Sequence[str]) -> dict:
-    """Per-image costs of every rank -> ``{convention: {"mean", "min", "max"}}`` on the main rank."""
+    """Per-image costs of all ranks -> ``{convention: {"mean", "min", "max"}}`` on the main one."""
     gathered = comm.gather(costs)
     if not comm.is_main_process():
         return {}

@@ -1,4 +1,4 @@
-"""Executed cost per image through the evaluation loop (inference_on_dataset, DefaultTrainer.test)."""
+"""Executed cost per image in the evaluation loop: inference_on_dataset, DefaultTrainer.test."""
 import json
 
 import pytest
@@ -82,7 +82,8 @@ def test_default_trainer_test_reads_the_config_key(tmp_path, monkeypatch):
     cfg.OUTPUT_DIR = str(tmp_path)
     cfg.DATASETS.TEST = ("cost_eval_test",)
     cfg.TEST.COST_CONVENTIONS = ["dynamic_routing"]
-    monkeypatch.setattr(DefaultTrainer, "build_test_loader", classmethod(lambda c, cfg, n: _loader()))
+    monkeypatch.setattr(DefaultTrainer, "build_test_loader",
+                        classmethod(lambda c, cfg, n: _loader()))
     res = DefaultTrainer.test(cfg, MaskedModel(), evaluators=[_evaluator()])
     # no bias: DynamicRouting's count equals the MACs here
     assert res["cost"]["dynamic_routing"]["max"] == pytest.approx(MACS_PER_POSITION * 10 / 1e9)

@@ -111,7 +111,8 @@ def test_predict_logits_preferred_and_mode_restored():
     assert r.by_module["body.3"] == pytest.approx(CONV2_MACS / 1e9)
     rows = _table_rows(flop_table(r, max_depth=1))
     assert set(rows) == {"model", "body", "fc"}  # fc has parameters but did not run
-    assert rows["body"] == [str(3 * 8 * 9 + 8 + 2 * 8 + 8 * 4), f"{(CONV1_MACS + CONV2_MACS) / 1e9:.4g}"]
+    body_params = 3 * 8 * 9 + 8 + 2 * 8 + 8 * 4
+    assert rows["body"] == [str(body_params), f"{(CONV1_MACS + CONV2_MACS) / 1e9:.4g}"]
     assert rows["fc"][1] == ""
     rows = _table_rows(flop_table(r, max_depth=2))
     assert rows["body.0"][1] == f"{CONV1_MACS / 1e9:.4g}"
