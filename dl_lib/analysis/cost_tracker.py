@@ -127,7 +127,7 @@ class _GmacMode(TorchDispatchMode):
         if self.suspended:
             return func(*args, **kwargs)
         packet = getattr(func, "_overloadpacket", None)
-        if packet is None:  # a higher-order operator: run it, its inner ops come back here
+        if packet is None:  # a higher-order operator (torch.compile internals): not counted
             return func(*args, **kwargs)
         if packet.__name__ in _QUERY_OPS:
             return NotImplemented
