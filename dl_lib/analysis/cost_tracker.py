@@ -245,10 +245,10 @@ class CostTracker:
             rows = [float(v) for v in count]
             total = sum(rows)
             if len(rows) != len(scope):  # e.g. a mask over a sub-batch no cost_scope names
-                rows = [total / len(scope)] * len(scope)
+                rows = [total / max(len(scope), 1)] * len(scope)
         else:
             total = float(count)
-            rows = [total / len(scope)] * len(scope)
+            rows = [total / max(len(scope), 1)] * len(scope)
         per_image = self._per_image[conv]
         for i, v in zip(scope, rows):
             per_image[i] += v

@@ -159,6 +159,8 @@ def test_report_cost_and_scope():
             report_cost(per_image=[1, 2])
             with cost_scope([1]):
                 report_cost(per_image=[100], conventions=["hrnet"])
+            with cost_scope([]):  # a route no image took
+                report_cost(macs=0)
             return x
 
     m = Reporting()
