@@ -1,4 +1,4 @@
-"""The real ``dl_train`` / ``dl_flops`` on a playground whose net.py registers its own classes
+"""The real ``dl_train`` / ``dl_test`` / ``dl_flops`` on a playground whose net.py registers its own classes
 and data set, with the library's own loaders and mapper (``tests/fixtures/playground/Registered``).
 """
 import json
@@ -32,11 +32,12 @@ def _write_split(root, split, n, seed):
         Image.fromarray(label).save(os.path.join(root, split, "labels", f"{i}.png"))
 
 
-def _dl_train_command():
-    script = os.path.join(os.path.dirname(sys.executable), "dl_train")
+def _command(name):
+    script = os.path.join(os.path.dirname(sys.executable), name)
     if os.path.exists(script):  # the installed console script
         return [script]
-    return [sys.executable, "-m", "dl_lib.tools.train_net"]
+    main = "main_train" if name == "dl_train" else "main_test"
+    return [sys.executable, "-c", f"import sys; from dl_lib.tools.train_net import {main}; sys.exit({main}())"]
 
 
 @pytest.mark.slow
@@ -46,9 +47,13 @@ def test_dl_train_on_a_playground_that_registers_its_classes(tmp_path):
     _write_split(data, "val", 2, 1)
     env = dict(os.environ, OMP_NUM_THREADS="1", DL_OUTPUT_ROOT=str(tmp_path / "out"),
                REGISTERED_TINY_DATA=data)
-    proc = subprocess.run(_dl_train_command() + ["--playground", FIXTURE, "--num-gpus", "1"],
-                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def run(name, *args):
+        proc = subprocess.run(_command(name) + ["--playground", FIXTURE, "--num-gpus", "1", *args],
+                              cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    run("dl_train")
     out = tmp_path / "out" / "Registered" / "TinyFPN"
 
     log = (out / "log.txt").read_text()
@@ -62,6 +67,14 @@ def test_dl_train_on_a_playground_that_registers_its_classes(tmp_path):
     results = json.loads((out / "results.json").read_text())["registered_tiny_val"]["sem_seg"]
     assert results["mIoU"] == pytest.approx((results["IoU-dark"] + results["IoU-red"]) / 2)
     assert results["mIoU"] == pytest.approx(lines[-1]["sem_seg/mIoU"])
+
+    # dl_test of the final weights (one process, same BN statistics) scores what training did.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
+    run("dl_test", "MODEL.WEIGHTS", str(out / "model_final.pth"))
+    written = [p for p in out.rglob("results.json") if before.get(p) != p.stat().st_mtime_ns]
+    assert len(written) == 1, written
+    tested = json.loads(written[0].read_text())["registered_tiny_val"]["sem_seg"]
+    assert tested["mIoU"] == pytest.approx(results["mIoU"], abs=1e-6)
 
 
 def test_dl_flops_and_build_on_a_playground_that_registers_its_classes(tmp_path, monkeypatch, capsys):
