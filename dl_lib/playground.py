@@ -14,7 +14,7 @@ Each file is executed once per process (cached by its resolved real path), howev
 ``@META_ARCH_REGISTRY.register()`` must not run twice, or the registry refuses the second
 registration. Every ``load_config`` still returns a fresh clone of ``config``. Their loggers
 (``logging.getLogger(__name__)``) are children of the ``dl_playground`` logger, which
-``default_setup`` sends to ``OUTPUT_DIR/log.txt``.
+``default_setup`` sends to ``OUTPUT_DIR/log.txt``. An edited file takes effect in a new process.
 
 When ``OUTPUT_DIR`` is empty it becomes ``$DL_OUTPUT_ROOT/<Group>/<Name>``.
 """

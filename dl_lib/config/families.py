@@ -20,6 +20,7 @@ A name that is not registered yet is looked up by importing ``dl_lib.modeling.<n
 top-level key ``FAMILIES``, so a dumped ``config.yaml`` re-loads with the same keys and
 ``KEY VALUE`` overrides of family keys are checked like core keys.
 """
+import functools
 import importlib
 import os
 import pkgutil
@@ -51,13 +52,15 @@ def register_family_config(name: str) -> Callable[[FamilyConfigFn], FamilyConfig
     """Decorator: ``fn(cfg)`` adds the keys of family ``name`` to ``cfg`` in place.
 
     ``fn`` creates new keys (``cfg.MODEL.GATE = CfgNode()`` ...); it runs once per config, the
-    first time ``name`` is applied to it. Registering another function under a taken name is an
-    error (two families would silently share keys)."""
+    first time ``name`` is applied to it. The decorated function may also be called directly
+    (detectron2's ``add_<family>_config(cfg)``): it then records ``name`` in ``cfg.FAMILIES`` and
+    does nothing on a config that already has the family. Registering another function under a
+    taken name is an error (two families would silently share keys)."""
     if not _NAME.match(name):
         raise ValueError(f"Family name {name!r} must be a Python identifier (it names the package "
                          f"{FAMILY_PACKAGE}.<name>).")
 
-    def wrap(fn: FamilyConfigFn) -> FamilyConfigFn:
+    def wrap(fn: FamilyConfigFn) -> Callable[[CfgNode], CfgNode]:
         with _LOCK:
             old = _FAMILY_CONFIGS.get(name)
             same = old is not None and (old.__module__, old.__qualname__) == (fn.__module__, fn.__qualname__)
@@ -66,7 +69,12 @@ def register_family_config(name: str) -> Callable[[FamilyConfigFn], FamilyConfig
                     f"Family config {name!r} is already registered by {old.__module__}."
                     f"{old.__qualname__}; {fn.__module__}.{fn.__qualname__} needs another name.")
             _FAMILY_CONFIGS[name] = fn
-        return fn
+
+        @functools.wraps(fn)
+        def add_once(cfg: CfgNode) -> CfgNode:
+            return add_family_configs(cfg, name)
+
+        return add_once
 
     return wrap
 

@@ -44,6 +44,15 @@ def test_several_families_and_a_base_apply_each_function_once():
     assert child.MODEL.TINY_GATE.GATE_INIT_BIAS == 0.5 and "TINY_GATE" not in base.MODEL
 
 
+def test_calling_the_family_function_directly_records_it_once():
+    CALLS.clear()
+    cfg = get_cfg()
+    add_tiny_exits_test_config(cfg)
+    add_tiny_exits_test_config(cfg)  # detectron2 style; a second call is a no-op
+    assert CALLS == ["tiny_exits_test"] and cfg.FAMILIES == ["tiny_exits_test"]
+    assert cfg.MODEL.EXITS.NUM_EXITS == 2
+
+
 def test_unknown_key_names_closest_family_keys_and_points_to_the_family_function():
     with pytest.raises(ConfigError) as e:
         config_from_delta(dict(MODEL=dict(EXITS=dict(NUM_EXIT=3))), family="tiny_exits_test")
