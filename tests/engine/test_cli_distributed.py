@@ -50,11 +50,11 @@ def test_two_processes_killed_then_resumed_then_tested(toy_playground, tmp_path)
     assert "sem_seg/mIoU" in lines[-1]
     assert (out / "model_final.pth").exists()
 
-    # 3. dl_test (always eval-only) on the final weights, in this process.
-    (out / "results.json").unlink()
+    # 3. dl_test (always eval-only) on the final weights, in this process; its outputs go to
+    # OUTPUT_DIR/inference/model_final/, next to the training run's own results.json.
     train_net.main_test(["--playground", toy_playground, "MODEL.WEIGHTS",
                          str(out / "model_final.pth")])
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "inference" / "model_final" / "results.json").read_text())
     # Not exactly equal: in training each rank evaluated its shard with its own BatchNorm
     # running statistics (MODEL.DDP.BROADCAST_BUFFERS False); here rank 0's saved ones serve all.
     assert results["toy_tiny_val"]["sem_seg"]["mIoU"] == pytest.approx(
