@@ -10,12 +10,15 @@ For every layer (HRNet-W18/W48 branch convs at Cityscapes scale, routing-superne
     sparse kernel itself (index building included: that is what a layer pays);
   * module: ``dl_lib.layers.MaskedConv2d`` with its density fallback, at d = 1.0 only (it should
     cost about the dense time there);
+  * keep (``--keep``, fwd): the in-place variant ``masked_conv2d(..., out=buf)``, which leaves the
+    inactive positions of ``buf`` untouched, paired with the zero-filling call (keep / masked);
 
 and reports speedup = dense / masked, the ideal 1/d and the ratio speedup/ideal. Times are
 medians after warm-up, dense and masked calls alternating (so the drift of a shared machine
 cancels in the ratio): wall clock with a fixed thread count on CPU, CUDA events on GPU
 (cudnn.benchmark on, TF32 as torch's defaults). Forward and forward+backward are reported as
-separate rows (``--mode``).
+separate rows (``--mode``). ``--memory-format both`` measures every cell on a channels_last and
+on a contiguous (NCHW) input, each against dense on that same input (row field ``layout``).
 
 Outputs in ``--out`` (default output/benchmarks/): masked_conv_<device>.csv / .json (all rows and
 the derived break-even densities) and masked_conv_<device>.png (speedup vs density per layer with
@@ -27,6 +30,7 @@ Examples::
     python benchmarks/masked_conv.py --device cpu --threads 2          # full CPU sweep
     python benchmarks/masked_conv.py --quick                           # a few rows, ~1 min
     python benchmarks/masked_conv.py --device cuda --dtype float16
+    python benchmarks/masked_conv.py --memory-format both --kinds random --mode fwd --keep
 """
 from __future__ import annotations
 
@@ -153,6 +157,18 @@ class MaskedImpl:
         p, s = spec.padding, spec.stride
         return torch.ops.dl_lib.masked_conv2d(x, w, b, mask, s, s, p, p, 1, 1, spec.groups)
 
+    def keep(self, x, w, b, mask, spec: LayerSpec, out):
+        """The in-place ("keep") variant into ``out``, no fallback."""
+        return self.functional(
+            x, w, b, mask, stride=spec.stride, padding=spec.padding, dilation=1,
+            groups=spec.groups, out=out, **self.functional_kwargs,
+        )
+
+    @property
+    def has_keep(self) -> bool:
+        return self.functional is not None and \
+            "out" in inspect.signature(self.functional).parameters
+
     def make_module(self, spec: LayerSpec, w, b):
         """MaskedConv2d with the benchmark's weights and its default fallback, or None."""
         if self.module_cls is None:
@@ -272,12 +288,15 @@ def layer_tensors(spec: LayerSpec, image: tuple[int, int], batch: int, device, d
 def run_sweep(args) -> list[dict]:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+    layouts = {"channels_last": ("nhwc",), "contiguous": ("nchw",),
+               "both": ("nhwc", "nchw")}[args.memory_format]
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     else:
         torch.backends.cudnn.benchmark = True
     impl = MaskedImpl()
+    if args.keep and not impl.has_keep:
+        raise SystemExit("--keep: dl_lib.layers.masked_conv2d has no out= argument")
     modes = ("fwd", "fwdbwd") if args.mode == "both" else (args.mode,)
     layers = [l for l in LAYERS if not args.layers or any(s in l.name for s in args.layers)]
     if args.quick:
@@ -295,11 +314,16 @@ def run_sweep(args) -> list[dict]:
     cells = []
     floors: dict = {}
     gen = torch.Generator().manual_seed(args.seed)
-    for spec in layers:
+    for spec, layout in [(spec, layout) for spec in layers for layout in layouts]:
+        # Both layouts of a layer hold the same values (the generator is re-seeded per layer).
+        fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+        if layout == layouts[0]:
+            layer_seed = int(torch.randint(0, 2**31, (1,), generator=gen))
+        gen_layer = torch.Generator().manual_seed(layer_seed)
         x, wgt, bias, (ho, wo) = layer_tensors(
-            spec, args.input_size, args.batch, device, dtype, fmt, gen
+            spec, args.input_size, args.batch, device, dtype, fmt, gen_layer
         )
-        grad_out = torch.randn(args.batch, spec.cout, ho, wo, generator=gen).to(
+        grad_out = torch.randn(args.batch, spec.cout, ho, wo, generator=gen_layer).to(
             device=device, dtype=dtype).contiguous(memory_format=fmt)
         module = impl.make_module(spec, wgt, bias)
         for mode in modes:
@@ -320,11 +344,11 @@ def run_sweep(args) -> list[dict]:
                 def write_only(mask=empty, xg=xg, wg=wg, bg=bg, spec=spec):
                     return impl.sparse(xg, wg, bg, mask, spec)
 
-                floors[spec.name] = dict(dense=dense_step,
+                floors[(spec.name, layout)] = dict(dense=dense_step,
                                          empty=make_step(write_only, mode, grad_out, inputs))
             for kind in kinds:
                 for d in densities:
-                    mask = make_mask(kind, args.batch, ho, wo, d, gen).to(device)
+                    mask = make_mask(kind, args.batch, ho, wo, d, gen_layer).to(device)
 
                     def masked(mask=mask, xg=xg, wg=wg, bg=bg, spec=spec):
                         return impl.sparse(xg, wg, bg, mask, spec)
@@ -338,8 +362,18 @@ def run_sweep(args) -> list[dict]:
                             return module(xg, mask)
 
                         module_step = make_step(run_module, mode, grad_out, mod_inputs)
+                    keep_step = None
+                    if args.keep and mode == "fwd":
+                        # Output-shaped, in the input's format; its values do not matter.
+                        buf = torch.empty_like(grad_out)
+
+                        def run_keep(mask=mask, xg=xg, wg=wg, bg=bg, spec=spec, buf=buf):
+                            return impl.keep(xg, wg, bg, mask, spec, buf)
+
+                        keep_step = make_step(run_keep, mode, grad_out, inputs)
                     cells.append(dict(
-                        spec=spec, mode=mode, kind=kind, density=d, mask=mask,
+                        spec=spec, layout=layout, mode=mode, kind=kind, density=d, mask=mask,
+                        keep=keep_step, keep_s=[], keep_over_masked=[],
                         in_hw=(x.shape[2], x.shape[3]), dense=dense_step,
                         masked=make_step(masked, mode, grad_out, inputs), module=module_step,
                         dense_s=[], masked_s=[], module_s=float("nan"),
@@ -354,6 +388,11 @@ def run_sweep(args) -> list[dict]:
             t_dense, t_masked = round_timer.pair(cell["dense"], cell["masked"])
             cell["dense_s"] += t_dense
             cell["masked_s"] += t_masked
+            if cell["keep"] is not None:
+                # Paired with the zero-filling call: keep / masked is what skipping the zeros saves.
+                t_zero, t_keep = round_timer.pair(cell["masked"], cell["keep"])
+                cell["keep_s"] += t_keep
+                cell["keep_over_masked"] += [k / z for z, k in zip(t_zero, t_keep)]
             if r == rounds - 1 and cell["module"] is not None:
                 try:
                     # Paired with dense as well (the fallback's cost is a ratio to dense), in
@@ -365,14 +404,15 @@ def run_sweep(args) -> list[dict]:
                 except Exception as exc:  # report, keep sweeping
                     print(f"warning: MaskedConv2d failed on {cell['spec'].name}: {exc}",
                           file=sys.stderr)
-            last = i + 1 == len(cells) or cells[i + 1]["spec"] is not cell["spec"]
-            floor = floors.get(cell["spec"].name)
+            last = i + 1 == len(cells) or (cells[i + 1]["spec"], cells[i + 1]["layout"]) != (
+                cell["spec"], cell["layout"])
+            floor = floors.get((cell["spec"].name, cell["layout"]))
             if last and r == rounds - 1 and floor is not None:
                 t_d, t_e = full_timer.pair(floor["dense"], floor["empty"])
                 floor["ms"] = statistics.median(t_e) * 1e3
                 floor["speedup"] = statistics.median(d / e for d, e in zip(t_d, t_e))
             if last:
-                print(f"# round {r + 1}/{rounds}: {cell['spec'].name} done "
+                print(f"# round {r + 1}/{rounds}: {cell['spec'].name} ({cell['layout']}) done "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
     rows = []
@@ -389,14 +429,18 @@ def run_sweep(args) -> list[dict]:
             layer=spec.name, layer_kind=spec.kind,
             policy_key="/".join(policy_key(spec)), cin=spec.cin, cout=spec.cout,
             k=spec.k, stride=spec.stride, groups=spec.groups,
-            in_h=cell["in_hw"][0], in_w=cell["in_hw"][1], mode=cell["mode"], mask=cell["kind"],
+            in_h=cell["in_hw"][0], in_w=cell["in_hw"][1], layout=cell["layout"],
+            mode=cell["mode"], mask=cell["kind"],
             density=cell["density"], pixel_density=pix, block8_density=block_density(mask.cpu()),
             dense_ms=t_dense * 1e3, masked_ms=t_masked * 1e3,
             module_ms=cell["module_s"] * 1e3, module_vs_dense=cell["module_vs_dense"],
             speedup=speedup, ideal=ideal,
             ratio=speedup / ideal, pairs=len(cell["dense_s"]),
+            keep_ms=statistics.median(cell["keep_s"]) * 1e3 if cell["keep_s"] else float("nan"),
+            keep_over_masked=(statistics.median(cell["keep_over_masked"])
+                              if cell["keep_over_masked"] else float("nan")),
         )
-        floor = floors.get(spec.name, {}) if cell["mode"] == "fwd" else {}
+        floor = floors.get((spec.name, cell["layout"]), {}) if cell["mode"] == "fwd" else {}
         row["empty_mask_ms"] = floor.get("ms", float("nan"))
         row["max_speedup"] = floor.get("speedup", float("nan"))
         rows.append(row)
@@ -405,18 +449,24 @@ def run_sweep(args) -> list[dict]:
 
 
 COLUMNS = (
-    ("layer", "{}"), ("mode", "{}"), ("mask", "{}"), ("density", "{:.2f}"),
+    ("layer", "{}"), ("table", "{}"), ("mask", "{}"), ("density", "{:.2f}"),
     ("block8_density", "{:.2f}"), ("dense_ms", "{:.3f}"), ("masked_ms", "{:.3f}"),
     ("module_ms", "{:.3f}"), ("module_vs_dense", "{:.2f}"), ("speedup", "{:.2f}"),
-    ("ideal", "{:.1f}"), ("ratio", "{:.2f}"),
+    ("ideal", "{:.1f}"), ("ratio", "{:.2f}"), ("keep_over_masked", "{:.2f}"),
 )
 HEADERS = ("layer", "mode", "mask", "d", "d_b8", "dense ms", "masked ms", "module ms",
-           "module/dense", "speedup", "ideal", "speedup/ideal")
-WIDTHS = (26, 6, 8, 5, 5, 9, 9, 9, 12, 7, 6, 13)
+           "module/dense", "speedup", "ideal", "speedup/ideal", "keep/masked")
+WIDTHS = (26, 11, 8, 5, 5, 9, 9, 9, 12, 7, 6, 13, 11)
+
+
+def table_label(row: dict) -> str:
+    """Mode, plus "/nchw" for rows measured on contiguous inputs (rows of older runs have no
+    layout: channels_last)."""
+    return row["mode"] if row.get("layout", "nhwc") == "nhwc" else f"{row['mode']}/nchw"
 
 
 def _fmt(row, key, spec):
-    value = row[key]
+    value = table_label(row) if key == "table" else row.get(key, float("nan"))
     if isinstance(value, float) and math.isnan(value):
         return "-"
     return spec.format(value)
@@ -442,8 +492,8 @@ def markdown_table(rows: list[dict]) -> str:
 def pivot_tables(rows: list[dict]) -> str:
     """Markdown: per mode, speedup (and speedup/ideal) for every layer x mask kind x density."""
     out = []
-    for mode in dict.fromkeys(r["mode"] for r in rows):
-        rs = [r for r in rows if r["mode"] == mode]
+    for mode in dict.fromkeys(table_label(r) for r in rows):
+        rs = [r for r in rows if table_label(r) == mode]
         dens = sorted({r["density"] for r in rs})
         out.append(f"**{mode}**: speedup over dense (speedup / ideal in parentheses)\n")
         out.append("| layer | mask | dense ms | " + " | ".join(f"d={d:g}" for d in dens) + " |")
@@ -472,12 +522,14 @@ def break_even(rows: list[dict]) -> dict:
     crossover interpolated (in log speedup) between it and the next density; 0.0 when masked
     never wins. Per policy key ("kind/channel bucket", as dl_lib.layers.masked_conv_policy keys
     its table): the median, over the key's layers and all mask kinds, of the interpolated
-    crossover, so one unlucky mask shape does not decide it.
+    crossover, so one unlucky mask shape does not decide it. Keys of the result: the mode
+    ("fwd", "fwdbwd"), with "/nchw" for contiguous inputs (see ``table_label``).
     """
     per_layer: dict = {}
     groups: dict = {}
     for row in rows:
-        groups.setdefault((row["mode"], row["layer"], row["policy_key"], row["mask"]), []).append(row)
+        groups.setdefault((table_label(row), row["layer"], row["policy_key"], row["mask"]),
+                          []).append(row)
     crossings: dict = {}
     for (mode, layer, kind, mask), rs in groups.items():
         rs = sorted(rs, key=lambda r: r["density"])
@@ -506,13 +558,18 @@ def policy_key(spec: LayerSpec) -> tuple[str, str]:
     return policy.layer_kind(shape, spec.groups), policy.channel_bucket(max(spec.cin, spec.cout))
 
 
-def write_policy(thresholds: dict, device: str, meta: dict, mode: str = "fwd") -> str:
+def write_policy(thresholds: dict, device: str, meta: dict, mode: str = "fwd",
+                 path: str | None = None) -> str:
     """Store {"kind/bucket": break-even density} for ``device`` in the fallback policy's table
-    for ``mode`` (fwd: inference, fwdbwd: training); entries not measured are kept. Returns the
-    file written."""
+    for ``mode`` (fwd: inference, fwdbwd: training; "fwd/nchw": inference on contiguous inputs);
+    entries not measured are kept, and measured ones replace the hand-set guesses of the same
+    keys (the CUDA ones). ``path``: the policy file (default: dl_lib's). Returns the file
+    written."""
+    base, _, layout = mode.partition("/")
     entries = {(*key.split("/"), device): value for key, value in thresholds.items()}
-    policy.write_break_even_table(entries, command=meta["summary"], mode=mode)
-    return policy.__file__
+    policy.write_break_even_table(entries, command=meta["summary"], mode=base,
+                                  layout=layout or "nhwc", path=path)
+    return path or policy.__file__
 
 
 # ------------------------------------------------------------------------------------------------
@@ -543,15 +600,14 @@ def save_outputs(rows: list[dict], summary: dict, args) -> list[str]:
                     "module / dense is the median ratio of paired calls:\n\n"
                     "| layer | mode | dense ms | masked ms (no fallback) | MaskedConv2d ms | "
                     "module / dense |\n|---|---|---|---|---|---|\n")
-            for key in dict.fromkeys((r["layer"], r["mode"]) for r in full):
-                rs = [r for r in full if (r["layer"], r["mode"]) == key]
+            for key in dict.fromkeys((r["layer"], table_label(r)) for r in full):
+                rs = [r for r in full if (r["layer"], table_label(r)) == key]
                 med = {k: statistics.median(r[k] for r in rs)
                        for k in ("dense_ms", "masked_ms", "module_ms", "module_vs_dense")}
                 f.write(f"| {key[0]} | {key[1]} | {med['dense_ms']:.2f} | {med['masked_ms']:.2f} | "
                         f"{med['module_ms']:.2f} | {med['module_vs_dense']:.2f} |\n")
             f.write("\n")
-        floors = {r["layer"]: r for r in rows if r["mode"] == "fwd"
-                  and not math.isnan(r.get("max_speedup", float("nan")))}
+        floors = floor_rows(rows)
         if floors:
             f.write("Output-write floor (fwd): an all-zero mask, so the masked call only writes "
                     "its zeros; dense / that is the most any mask can gain on the layer.\n\n"
@@ -559,6 +615,17 @@ def save_outputs(rows: list[dict], summary: dict, args) -> list[str]:
             for layer, r in floors.items():
                 f.write(f"| {layer} | {r['dense_ms']:.2f} | {r['empty_mask_ms']:.3f} | "
                         f"{r['max_speedup']:.1f} |\n")
+            f.write("\n")
+        keep = [r for r in rows if not math.isnan(r.get("keep_over_masked", float("nan")))]
+        if keep:
+            f.write("In-place variant (`out=`, inactive positions left untouched) against the "
+                    "zero-filling call, median of paired ratios:\n\n"
+                    "| layer | table | mask | d | dense ms | masked ms | keep ms | keep / masked |"
+                    "\n|---|---|---|---|---|---|---|---|\n")
+            for r in keep:
+                f.write(f"| {r['layer']} | {table_label(r)} | {r['mask']} | {r['density']:g} | "
+                        f"{r['dense_ms']:.2f} | {r['masked_ms']:.2f} | {r['keep_ms']:.2f} | "
+                        f"{r['keep_over_masked']:.2f} |\n")
             f.write("\n")
         f.write("Break-even density per policy key (median crossover over layers and masks):\n\n")
         for mode, table in summary["break_even"]["per_kind"].items():
@@ -569,13 +636,23 @@ def save_outputs(rows: list[dict], summary: dict, args) -> list[str]:
     return paths
 
 
+def floor_rows(rows: list[dict]) -> dict:
+    """{layer label: a fwd row carrying the layer's output-write floor}."""
+    found = {}
+    for r in rows:
+        if r["mode"] == "fwd" and not math.isnan(r.get("max_speedup", float("nan"))):
+            label = r["layer"] if r.get("layout", "nhwc") == "nhwc" else f"{r['layer']} (nchw)"
+            found.setdefault(label, r)
+    return found
+
+
 def plot(rows: list[dict], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = sorted({r["mode"] for r in rows})
+    modes = sorted({table_label(r) for r in rows})
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     kinds = list(dict.fromkeys(r["mask"] for r in rows))
     cols = min(4, len(layers))
@@ -591,7 +668,7 @@ def plot(rows: list[dict], path: str) -> None:
                     label=f"{TARGET_FRACTION} x ideal")
             ax.axhline(1.0, color="grey", lw=0.8, ls=":")
             for kind in kinds:
-                rs = sorted((r for r in rows if r["mode"] == mode and r["layer"] == layer
+                rs = sorted((r for r in rows if table_label(r) == mode and r["layer"] == layer
                              and r["mask"] == kind), key=lambda r: r["density"])
                 ax.plot([r["density"] for r in rs], [r["speedup"] for r in rs], "o-",
                         label=kind, ms=3)
@@ -628,8 +705,13 @@ def parse_args(argv=None):
                         help="image size the layer resolutions derive from (default 1024x2048, "
                         "Cityscapes resolution, as the benchmark protocol asks)")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--memory-format", choices=("channels_last", "contiguous"),
-                        default="channels_last")
+    parser.add_argument("--memory-format", choices=("channels_last", "contiguous", "both"),
+                        default="channels_last",
+                        help="input layout; both: every cell on channels_last and on NCHW, each "
+                             "against dense on the same input")
+    parser.add_argument("--keep", action="store_true",
+                        help="also time masked_conv2d(..., out=buf) (fwd), paired with the "
+                             "zero-filling call")
     parser.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
     parser.add_argument("--kinds", nargs="+", choices=MASK_KINDS, default=list(MASK_KINDS))
     parser.add_argument("--layers", nargs="+", default=None,
@@ -650,9 +732,11 @@ def parse_args(argv=None):
                              "--out without measuring")
     parser.add_argument("--write-policy", action="store_true",
                         help="store the measured break-even densities in the fallback policy")
-    parser.add_argument("--policy-mode", choices=("fwd", "fwdbwd", "all"), default="all",
+    parser.add_argument("--policy-mode", choices=("fwd", "fwdbwd", "fwd/nchw", "all"),
+                        default="all",
                         help="which modes' break-even densities --write-policy stores (fwd: "
-                             "inference table, fwdbwd: training table; all: those measured)")
+                             "inference tables, fwdbwd: training table, fwd/nchw: only the "
+                             "NCHW-input table; all: those measured)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch.cuda.is_available() is False")
@@ -693,11 +777,10 @@ def main(argv=None) -> int:
     }
     if args.device == "cuda":
         config["gpu"] = torch.cuda.get_device_name()
-    floor_rows = {r["layer"]: r for r in rows if r["mode"] == "fwd"
-                  and not math.isnan(r.get("max_speedup", float("nan")))}
-    if floor_rows:
+    floors = floor_rows(rows)
+    if floors:
         print("\n# output-write floor (fwd, all-zero mask): layer, dense ms, masked ms, max speedup")
-        for layer, r in floor_rows.items():
+        for layer, r in floors.items():
             print(f"#   {layer:26s} {r['dense_ms']:9.3f} {r['empty_mask_ms']:9.3f} "
                   f"{r['max_speedup']:6.1f}")
     print("\n# break-even density per policy key (median crossover over layers and masks):")
@@ -706,11 +789,16 @@ def main(argv=None) -> int:
     paths = save_outputs(rows, {"config": config, "break_even": be}, args)
     print("# wrote " + ", ".join(paths))
     if args.write_policy:
-        modes = list(be["per_kind"]) if args.policy_mode == "all" else [args.policy_mode]
+        modes = [m for m in be["per_kind"] if args.policy_mode in ("all", m, m.split("/")[0])]
+        if not modes:
+            print(f"error: --write-policy needs {args.policy_mode} rows (see --mode)",
+                  file=sys.stderr)
+            return 1
         for mode in modes:
-            if mode not in be["per_kind"]:
-                print(f"error: --write-policy needs {mode} rows (see --mode)", file=sys.stderr)
-                return 1
+            if mode == "fwdbwd/nchw":
+                print("# fwdbwd/nchw: no policy table (training on NCHW inputs is capped by the "
+                      "fwd/nchw table); not written")
+                continue
             meta = {"summary": f"python {config['command']} ({args.dtype}, {config['threads']} "
                                f"threads, {mode} break-even, torch {torch.__version__})", **config}
             path = write_policy(be["per_kind"][mode], args.device, meta, mode)

@@ -45,3 +45,82 @@ def test_quick_sweep_writes_table_plot_and_break_even(tmp_path):
                    env=dict(os.environ, PYTHONPATH=ROOT))
     assert (again / "masked_conv_cpu.md").read_text() == md
     assert (again / "masked_conv_cpu.png").stat().st_size > 10_000
+
+
+def _load_benchmark():
+    import importlib.util
+
+    path = os.path.join(ROOT, "benchmarks", "masked_conv.py")
+    spec = importlib.util.spec_from_file_location("masked_conv_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_both_layouts_and_keep_side_by_side(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "masked_conv.py"),
+           "--input-size", "32x64", "--min-time", "0.002", "--min-reps", "2", "--rounds", "1",
+           "--mode", "fwd", "--memory-format", "both", "--keep", "--kinds", "random",
+           "--densities", "0.25", "1.0", "--layers", "hrnet_w48_b1", "dw3x3_c128",
+           "--out", str(tmp_path)]
+    subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT,
+                   env=dict(os.environ, PYTHONPATH=ROOT))
+    with open(tmp_path / "masked_conv_cpu.csv") as f:
+        rows = list(csv.DictReader(f))
+    # 2 layers x 2 layouts x 2 densities; every cell paired with dense on its own layout.
+    assert sorted({(r["layer"], r["layout"]) for r in rows}) == [
+        ("hrnet_w48_b1_3x3", "nchw"), ("hrnet_w48_b1_3x3", "nhwc"),
+        ("routing_dw3x3_c128", "nchw"), ("routing_dw3x3_c128", "nhwc")]
+    assert len(rows) == 8
+    for row in rows:
+        assert float(row["dense_ms"]) > 0 and float(row["keep_ms"]) > 0
+        assert float(row["keep_over_masked"]) > 0
+    summary = json.loads((tmp_path / "masked_conv_cpu.json").read_text())
+    assert set(summary["break_even"]["per_kind"]) == {"fwd", "fwd/nchw"}
+    md = (tmp_path / "masked_conv_cpu.md").read_text()
+    assert "**fwd/nchw**" in md and "In-place variant" in md
+
+
+def test_write_policy_replaces_hand_set_cuda_entries(tmp_path):
+    """A (fake) CUDA sweep written with the benchmark's write_policy: the measured keys leave
+    HAND_SET, land in BREAK_EVEN with a cuda provenance line, and the CPU entries stay."""
+    bench = _load_benchmark()
+    policy = bench.policy
+    layers = {"a": "kxk/le64", "b": "depthwise/le128", "c": "1x1/gt128"}
+    speedups = {0.1: 4.0, 0.25: 1.6, 0.5: 0.8, 1.0: 0.5}
+    rows = [dict(mode="fwd", layout="nhwc", layer=layer, policy_key=key, mask="random",
+                 density=d, speedup=s) for layer, key in layers.items()
+            for d, s in speedups.items()]
+    be = bench.break_even(rows)
+    assert set(be["per_kind"]["fwd"]) == set(layers.values())
+    crossing = be["per_kind"]["fwd"]["kxk/le64"]
+    assert 0.25 < crossing < 0.5
+    path = tmp_path / "policy_copy.py"
+    path.write_text(open(policy.__file__).read())
+    saved = {name: dict(getattr(policy, name)) for name in ("BREAK_EVEN", "HAND_SET")}
+    assert ("kxk", "le64", "cuda") in policy.HAND_SET
+    try:
+        written = bench.write_policy(be["per_kind"]["fwd"], "cuda",
+                                     {"summary": "python benchmarks/masked_conv.py --device cuda "
+                                                 "--write-policy (float16, H200)"},
+                                     "fwd", path=str(path))
+        assert written == str(path)
+        text = path.read_text()
+        namespace = {}
+        exec(compile(text, str(path), "exec"), namespace)
+        assert namespace["BREAK_EVEN"][("kxk", "le64", "cuda")] == crossing
+        for key in layers.values():
+            full = (*key.split("/"), "cuda")
+            assert full in namespace["BREAK_EVEN"] and full not in namespace["HAND_SET"]
+        # Unmeasured CUDA keys stay hand-set; the CPU entries and their provenance are kept.
+        assert ("kxk", "gt128", "cuda") in namespace["HAND_SET"]
+        assert {k: v for k, v in namespace["BREAK_EVEN"].items() if k[2] == "cpu"} == \
+            {k: v for k, v in saved["BREAK_EVEN"].items() if k[2] == "cpu"}
+        block = text[text.index("# BEGIN BREAK_EVEN TABLE"):text.index("# END BREAK_EVEN TABLE")]
+        assert "# cpu: python benchmarks/masked_conv.py --device cpu" in block
+        assert "# cuda: python benchmarks/masked_conv.py --device cuda" in block
+    finally:
+        for name, table in saved.items():
+            getattr(policy, name).clear()
+            getattr(policy, name).update(table)
