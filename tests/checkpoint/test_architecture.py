@@ -15,6 +15,7 @@ from dl_lib.checkpoint import (
     architecture_overrides,
 )
 from dl_lib.config import ConfigError, get_cfg
+from dl_lib.tools import flops
 
 
 class _Narrowable(nn.Module):
@@ -59,7 +60,7 @@ def test_rebuilt_from_a_config_with_the_other_width(tmp_path):
     assert apply_checkpoint_architecture(cfg) == {}  # nothing left to change
 
 
-def test_playground_build_applies_the_weights_architecture(tmp_path):
+def test_playground_build_and_dl_flops_apply_the_weights_architecture(tmp_path, capsys):
     folder = tmp_path / "Group" / "Narrow"
     folder.mkdir(parents=True)
     (folder / "config.py").write_text(textwrap.dedent("""
@@ -77,6 +78,11 @@ def test_playground_build_applies_the_weights_architecture(tmp_path):
             def architecture(self):
                 return {"MODEL.SEM_SEG_HEAD.CONVS_DIM": self.conv.out_channels}
 
+            def predict_logits(self, x, native_resolution=False):
+                return self.conv(x)
+
+            forward = predict_logits
+
         def build_model(cfg):
             return Narrowable(cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM)
     """))
@@ -88,6 +94,10 @@ def test_playground_build_applies_the_weights_architecture(tmp_path):
     cfg, rebuilt = playground.build(str(folder), ["MODEL.WEIGHTS", str(tmp_path / "out" / "pruned.pth")])
     assert rebuilt.conv.out_channels == 3 and cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM == 3
     Checkpointer(rebuilt).load(cfg.MODEL.WEIGHTS, strict=True)
+    # dl_flops counts the network the file holds (3*3 + 3 parameters), not the config's.
+    capsys.readouterr()
+    flops.main(["--playground", str(folder), "--size", "8", "8", "MODEL.WEIGHTS", cfg.MODEL.WEIGHTS])
+    assert "Parameters: 12 total" in capsys.readouterr().out
 
 
 def test_stored_key_the_config_lacks_names_key_and_file(tmp_path):
