@@ -53,6 +53,7 @@ def _load_after_barrier(root, barrier, errors):
         raise
 
 
+@pytest.mark.slow  # three spawned interpreters importing torch
 def test_three_processes_convert_at_once(datasets_root, write_png):
     root = datasets_root / "ADEChallengeData2016"
     raw = _ade_tree(root, write_png)
