@@ -42,6 +42,7 @@ def _iou_of_saved_model(folder, weights):
     return {"mIoU": iou.mean(), "IoU-dark": iou[0], "IoU-red": iou[1]}
 
 
+@pytest.mark.slow  # about 10 s on a loaded 2-core machine
 def test_training_learns_the_separable_toy_data(toy_playground):
     """15 iterations on "class 1 where the red channel is bright": a trainer that does not train
     (no optimizer step, LR 0, gradients dropped, eval of the initial weights) stays near chance
