@@ -175,6 +175,7 @@ def load_pretrained_backbone(backbone: nn.Module, path: str,
     if report.mismatched:
         shown = "; ".join(f"{k}: {a} in the file, {b} here" for k, a, b in report.mismatched[:10])
         more = len(report.mismatched) - 10
+        shown += f"; {more} more" if more > 0 else ""
         logger.warning(f"MODEL.PRETRAINED: skipped {len(report.mismatched)} tensors of another "
-                       f"shape (kept as initialised): {shown}" + (f"; {more} more" if more > 0 else ""))
+                       f"shape (kept as initialised): {shown}")
     return report

@@ -91,12 +91,13 @@ def test_playground_build_and_dl_flops_apply_the_weights_architecture(tmp_path, 
     Checkpointer(model, str(tmp_path / "out"), save_to_disk=True).save("full")
     small = type(model)(3)  # a "pruned" 3-channel model, saved as its own file
     Checkpointer(small, str(tmp_path / "out"), save_to_disk=True).save("pruned")
-    cfg, rebuilt = playground.build(str(folder), ["MODEL.WEIGHTS", str(tmp_path / "out" / "pruned.pth")])
+    pruned = str(tmp_path / "out" / "pruned.pth")
+    cfg, rebuilt = playground.build(str(folder), ["MODEL.WEIGHTS", pruned])
     assert rebuilt.conv.out_channels == 3 and cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM == 3
     Checkpointer(rebuilt).load(cfg.MODEL.WEIGHTS, strict=True)
     # dl_flops counts the network the file holds (3*3 + 3 parameters), not the config's.
     capsys.readouterr()
-    flops.main(["--playground", str(folder), "--size", "8", "8", "MODEL.WEIGHTS", cfg.MODEL.WEIGHTS])
+    flops.main(["--playground", str(folder), "--size", "8", "8", "MODEL.WEIGHTS", pruned])
     assert "Parameters: 12 total" in capsys.readouterr().out
 
 

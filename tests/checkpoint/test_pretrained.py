@@ -110,7 +110,8 @@ def test_random_file_stops_naming_file_counts_and_keys(tmp_path):
 
 def test_other_depth_stops(tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
-    with pytest.raises(PretrainedWeightsError, match=r"r18.pth.*shape mismatches.*layer1\.0\.conv1"):
+    with pytest.raises(PretrainedWeightsError,
+                       match=r"r18.pth.*shape mismatches.*layer1\.0\.conv1"):
         load_pretrained_backbone(ResNet("resnet50"), str(tmp_path / "r18.pth"))
 
 
