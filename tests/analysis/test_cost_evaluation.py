@@ -47,9 +47,9 @@ def _loader():
     return [[images[0]], [images[1], images[2]]]  # batches of 1 and 2 images
 
 
-def _evaluator():
+def _evaluator(distributed=False):
     MetadataCatalog.get("cost_eval_test").set(stuff_classes=["a", "b"], ignore_label=255)
-    return SemSegEvaluator("cost_eval_test", distributed=False)
+    return SemSegEvaluator("cost_eval_test", distributed=distributed)
 
 
 def _expected(divisor):
@@ -90,3 +90,34 @@ def test_default_trainer_test_reads_the_config_key(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["cost_eval_test"]["cost"]["dynamic_routing"]["min"] == pytest.approx(
         MACS_PER_POSITION * 3 / 1e9)
+
+
+def _worker(rank, world, init_file, out_file):
+    import torch.distributed as dist
+
+    from dl_lib.engine.launch import _exit_spawned_worker
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        shard = [[img] for batch in _loader() for img in batch][rank::world]  # 2 + 1 images
+        res = inference_on_dataset(MaskedModel(), shard, _evaluator(distributed=True),
+                                   cost_conventions=["gmac"])
+        if rank == 0:
+            with open(out_file, "w") as f:
+                json.dump(res["cost"], f)
+        else:
+            assert res == {}
+        dist.barrier()  # leave together: destroying a Gloo group under a live peer aborts it
+    finally:
+        dist.destroy_process_group()
+    _exit_spawned_worker()
+
+
+@pytest.mark.slow  # two spawned Gloo processes
+def test_costs_gathered_over_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "cost.json"
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    got, want = json.loads(out.read_text())["gmac"], _expected(1e9)
+    assert all(got[k] == pytest.approx(want[k], rel=1e-12) for k in want)
