@@ -134,7 +134,9 @@ class _GmacMode(TorchDispatchMode):
         per_image = _PER_IMAGE_FORMULAS.get(packet)
         if per_image is not None:
             out = func(*args, **kwargs)
-            self.tracker._credit("gmac", per_image(args, kwargs))
+            with self.tracker.reporting_op(("gmac",)):  # the formula's own ops are not the model's
+                count = per_image(args, kwargs)
+            self.tracker._credit("gmac", count)
             return out
         if packet not in flop_registry and func is not torch.ops.prim.device.default:
             with self:
@@ -219,9 +221,11 @@ class CostTracker:
     def _make_post_hook(self, name: str):
         def post_hook(module, args, kwargs, output):
             try:
-                for conv in self.conventions:
-                    if conv in HOOK_RULES:
-                        self._count_module(conv, name, module, args, kwargs, output)
+                # the rules' own ops (counting a mask's active positions) are not the model's
+                with self.reporting_op(("gmac",)):
+                    for conv in self.conventions:
+                        if conv in HOOK_RULES:
+                            self._count_module(conv, name, module, args, kwargs, output)
             finally:
                 if self._stack and self._stack[-1] == name:
                     self._stack.pop()

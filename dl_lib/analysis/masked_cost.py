@@ -45,8 +45,8 @@ def counted_as_masked_conv(fn: Callable) -> Callable:
         bound = signature.bind(*args, **kwargs)
         with tracker.reporting_op(("gmac",)):
             out = fn(*args, **kwargs)
-        tracker._credit("gmac", masked_conv_macs(bound.arguments["weight"],
-                                                 bound.arguments["mask"]))
+            macs = masked_conv_macs(bound.arguments["weight"], bound.arguments["mask"])
+        tracker._credit("gmac", macs)
         return out
 
     return wrapper

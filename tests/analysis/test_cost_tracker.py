@@ -52,6 +52,8 @@ def test_masked_conv_costs_active_positions_per_image(how):
         run = lambda: conv(x, mask)  # noqa: E731
     t, raw = _raw_per_image(conv, run, 2)
     assert raw == [_expected(ACTIVE[0]), _expected(ACTIVE[1])]
+    # counting the active positions is the tracker's work, not an op of the model
+    assert t.unsupported("gmac") == {} and t.unsupported("hrnet") == {}
     # the two images differ, and the unit is each convention's
     gflops = t.per_image()
     assert gflops[0]["gmac"] == pytest.approx(MACS_PER_POSITION * 7 / 1e9)
