@@ -304,7 +304,8 @@ def run_sweep(args) -> list[dict]:
     densities = QUICK_DENSITIES if args.quick else args.densities
     kinds = QUICK_KINDS if args.quick else args.kinds
     print(f"# masked path: {impl.description}")
-    print(f"# device={device} dtype={args.dtype} threads={torch.get_num_threads()} "
+    print(f"# device={device} (policy key {policy.policy_device(device)}) dtype={args.dtype} "
+          f"threads={torch.get_num_threads()} "
           f"input={args.input_size[0]}x{args.input_size[1]} batch={args.batch} "
           f"format={args.memory_format} modes={','.join(modes)}")
 
@@ -770,7 +771,9 @@ def main(argv=None) -> int:
         return 1
     be = break_even(rows)
     config = {
-        "device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "device": args.device, "policy_device": policy.policy_device(args.device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "dtype": args.dtype, "threads": torch.get_num_threads(),
         "input_size": list(args.input_size), "batch": args.batch,
         "memory_format": args.memory_format, "torch": torch.__version__,
         "command": " ".join(sys.argv), "seconds": round(time.perf_counter() - start, 1),
@@ -801,7 +804,9 @@ def main(argv=None) -> int:
                 continue
             meta = {"summary": f"python {config['command']} ({args.dtype}, {config['threads']} "
                                f"threads, {mode} break-even, torch {torch.__version__})", **config}
-            path = write_policy(be["per_kind"][mode], args.device, meta, mode)
+            # The CPU tables are per ISA: "cpu" (AVX-512 kernels) or "cpu_portable".
+            path = write_policy(be["per_kind"][mode], policy.policy_device(args.device), meta,
+                                mode)
             print(f"# policy thresholds ({mode}) written to {path}")
     print(f"# total {time.perf_counter() - start:.0f} s")
     return 0

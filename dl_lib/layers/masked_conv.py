@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from dl_lib._ext import compiled_with_cuda, has_compiled_ops
 from dl_lib.analysis.masked_cost import counted_as_masked_conv
 
-from .masked_conv_policy import input_layout, use_dense
+from .masked_conv_policy import input_layout, policy_device, use_dense
 from .masked_conv_reference import (
     _pair,
     conv_output_size,
@@ -273,7 +273,8 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         density = active / mask.numel() if mask.numel() else 0.0
         # The backward breaks even at lower densities: training uses its own thresholds.
         training = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
-        if use_dense(weight, groups, density, input.device.type, training, input_layout(input)):
+        if use_dense(weight, groups, density, policy_device(input.device), training,
+                     input_layout(input)):
             if out is not None:
                 return _keep_dense(input, weight, bias, mask, out, stride, padding, dilation,
                                    groups, all_active=active == mask.numel())

@@ -8,7 +8,10 @@ are measured per (kind, channel bucket, device type):
 * kind: ``"depthwise"`` (in = out = groups), ``"1x1"`` (1x1 kernel, any stride) or ``"kxk"``
   (everything else);
 * channel bucket: ``"le32"``, ``"le64"``, ``"le128"``, ``"gt128"`` on max(in, out) channels;
-* device type: ``"cpu"`` or ``"cuda"``;
+* device: ``"cpu"`` (a CPU with AVX-512, where the implicit-GEMM and depthwise kernels run),
+  ``"cpu_portable"`` (other CPUs: the portable gather + GEMM and per-pixel paths, with other
+  break-even points; e.g. at d = 1 the portable depthwise path took 3.4x the dense time, where
+  the AVX-512 one was 1.2x faster than dense) or ``"cuda"``; see :func:`policy_device`;
 
 and per input layout: ``BREAK_EVEN`` / ``BREAK_EVEN_TRAINING`` hold channels_last (NHWC) inputs,
 ``BREAK_EVEN_NCHW`` contiguous (NCHW) ones, for which the CPU kernel pays a transposing copy of
@@ -37,12 +40,14 @@ __all__ = [
     "BREAK_EVEN_TRAINING",
     "BREAK_EVEN_NCHW",
     "HAND_SET",
+    "HAND_SET_NCHW",
     "DEFAULT_BREAK_EVEN",
     "layer_kind",
     "channel_bucket",
     "break_even_density",
     "use_dense",
     "input_layout",
+    "policy_device",
     "prefers_channels_last",
     "write_break_even_table",
 ]
@@ -52,6 +57,11 @@ DEFAULT_BREAK_EVEN = 0.5
 # BEGIN BREAK_EVEN TABLE
 # cpu: python benchmarks/masked_conv.py --device cpu --threads 2 --write-policy (float32, 2
 #   threads, fwd break-even, torch 2.14.1+cu130) on 2026-11-22.
+# cpu_portable: python benchmarks/masked_conv.py --device cpu --threads 2 --memory-format both
+#   --kinds random --mode fwd --rounds 3 --densities 0.1 0.25 0.5 0.75 1.0 --layers hrnet_w18_b1
+#   hrnet_w48_b1_3x3 hrnet_w48_b2 hrnet_w48_b3 routing_dw3x3 hrnet_w48_dw3x3 routing_1x1 fuse_1x1
+#   --out /tmp/E_runs/nchw2 (float32, 2 threads, fwd break-even, random masks, AVX2 CPU, torch
+#   2.14.1+cu130) on 2026-12-02.
 BREAK_EVEN: Dict[Tuple[str, str, str], float] = {
     ('1x1', 'gt128', 'cpu'): 0.991,
     ('1x1', 'le128', 'cpu'): 1,
@@ -65,6 +75,14 @@ BREAK_EVEN: Dict[Tuple[str, str, str], float] = {
     ('kxk', 'le128', 'cpu'): 0.999,
     ('kxk', 'le32', 'cpu'): 0.781,
     ('kxk', 'le64', 'cpu'): 0.966,
+    ('1x1', 'gt128', 'cpu_portable'): 0.519,
+    ('1x1', 'le128', 'cpu_portable'): 0.38,
+    ('depthwise', 'gt128', 'cpu_portable'): 0.156,
+    ('depthwise', 'le128', 'cpu_portable'): 0.171,
+    ('kxk', 'gt128', 'cpu_portable'): 0.664,
+    ('kxk', 'le128', 'cpu_portable'): 0.653,
+    ('kxk', 'le32', 'cpu_portable'): 0.25,
+    ('kxk', 'le64', 'cpu_portable'): 0.638,
 }
 # END BREAK_EVEN TABLE
 
@@ -92,11 +110,48 @@ HAND_SET: Dict[Tuple[str, str, str], float] = {
 
 # Contiguous (NCHW) inputs, forward: the CPU kernels read NHWC, so an NCHW input costs a
 # transposing copy and strided output writes, and the sparse path breaks even at lower densities.
-# Keys missing here use the channels_last entry (the CUDA kernels read through the strides).
+# Keys missing here use HAND_SET_NCHW, else the channels_last entry (the CUDA kernels read
+# through the strides).
 # BEGIN BREAK_EVEN_NCHW TABLE
+# cpu_portable: python benchmarks/masked_conv.py --device cpu --threads 2 --memory-format both
+#   --kinds random --mode fwd --rounds 3 --densities 0.1 0.25 0.5 0.75 1.0 --layers hrnet_w18_b1
+#   hrnet_w48_b1_3x3 hrnet_w48_b2 hrnet_w48_b3 routing_dw3x3 hrnet_w48_dw3x3 routing_1x1 fuse_1x1
+#   --out /tmp/E_runs/nchw2 (float32, 2 threads, fwd/nchw break-even, random masks, AVX2 CPU, torch
+#   2.14.1+cu130) on 2026-12-02.
 BREAK_EVEN_NCHW: Dict[Tuple[str, str, str], float] = {
+    ('1x1', 'gt128', 'cpu_portable'): 0,
+    ('1x1', 'le128', 'cpu_portable'): 0,
+    ('depthwise', 'gt128', 'cpu_portable'): 0,
+    ('depthwise', 'le128', 'cpu_portable'): 0,
+    ('kxk', 'gt128', 'cpu_portable'): 0.487,
+    ('kxk', 'le128', 'cpu_portable'): 0.468,
+    ('kxk', 'le32', 'cpu_portable'): 0.427,
+    ('kxk', 'le64', 'cpu_portable'): 0.467,
 }
 # END BREAK_EVEN_NCHW TABLE
+
+# NCHW entries SET BY HAND, NOT MEASURED, for AVX-512 CPUs (no such CPU was available when the
+# NCHW table was measured): kxk from the issue-10 figures of a 64-channel 256x512 NCHW input
+# (2.0x at d = 0.1, 0.91x at d = 0.5: crossover ~0.45 in log speedup), depthwise and 1x1 always
+# dense (on the AVX2 CPU measured, their NCHW sparse path never beat dense, even at d = 0.1).
+#   python benchmarks/masked_conv.py --memory-format both --write-policy
+# on such a CPU replaces each key it measures.
+# BEGIN HAND_SET_NCHW TABLE
+HAND_SET_NCHW: Dict[Tuple[str, str, str], float] = {
+    ('1x1', 'gt128', 'cpu'): 0,
+    ('1x1', 'le128', 'cpu'): 0,
+    ('1x1', 'le32', 'cpu'): 0,
+    ('1x1', 'le64', 'cpu'): 0,
+    ('depthwise', 'gt128', 'cpu'): 0,
+    ('depthwise', 'le128', 'cpu'): 0,
+    ('depthwise', 'le32', 'cpu'): 0,
+    ('depthwise', 'le64', 'cpu'): 0,
+    ('kxk', 'gt128', 'cpu'): 0.45,
+    ('kxk', 'le128', 'cpu'): 0.45,
+    ('kxk', 'le32', 'cpu'): 0.45,
+    ('kxk', 'le64', 'cpu'): 0.45,
+}
+# END HAND_SET_NCHW TABLE
 
 # Training (forward + backward): the sparse backward breaks even at lower densities than the
 # forward, so layers whose input or weight requires grad use this table (keys missing here fall
@@ -140,9 +195,11 @@ def break_even_density(kind: str, channels: int, device_type: str,
     """Density above which the dense path is faster.
 
     ``training``: forward + backward (``BREAK_EVEN_TRAINING``, else the forward entry).
-    ``layout``: ``"nhwc"`` (channels_last input) or ``"nchw"`` (contiguous input); an NCHW entry
-    caps the threshold (in training too: its extra copy and strided writes are in both passes).
-    Lookup: measured table, then ``HAND_SET``, then ``DEFAULT_BREAK_EVEN``.
+    ``layout``: ``"nhwc"`` (channels_last input) or ``"nchw"`` (contiguous input): an NCHW entry
+    replaces the forward threshold and caps the training one (its extra copy and strided writes
+    are in both passes).
+    Lookup: measured table, then ``HAND_SET`` (``HAND_SET_NCHW`` for the NCHW cap), then
+    ``DEFAULT_BREAK_EVEN``.
     """
     if layout not in _LAYOUTS:
         raise ValueError(f"break_even_density: layout must be one of {_LAYOUTS}, got {layout!r}")
@@ -151,9 +208,27 @@ def break_even_density(kind: str, channels: int, device_type: str,
         value = BREAK_EVEN_TRAINING[key]
     else:
         value = BREAK_EVEN.get(key, HAND_SET.get(key, DEFAULT_BREAK_EVEN))
-    if layout == "nchw" and key in BREAK_EVEN_NCHW:
-        value = min(value, BREAK_EVEN_NCHW[key])
+    if layout == "nchw":
+        nchw = BREAK_EVEN_NCHW.get(key, HAND_SET_NCHW.get(key))
+        if nchw is not None:
+            # Measured against dense on the same NCHW input; training (not measured on NCHW)
+            # takes the lower of both.
+            value = min(value, nchw) if training else nchw
     return value
+
+
+def policy_device(device) -> str:
+    """The device key of the tables for ``device``: "cuda", "cpu" when the CPU has AVX-512 (the
+    fast kernels' ISA), else "cpu_portable"."""
+    device_type = torch.device(device).type
+    if device_type != "cpu":
+        return device_type
+    return "cpu" if _cpu_has_avx512() else "cpu_portable"
+
+
+def _cpu_has_avx512() -> bool:
+    # PyTorch's own CPU detection (honours ATEN_CPU_CAPABILITY); the kernels check avx512f.
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def input_layout(input: torch.Tensor) -> str:
@@ -186,10 +261,12 @@ def prefers_channels_last(device) -> bool:
 
 
 _LAYOUTS = ("nhwc", "nchw")
-# (mode, layout) -> name of the generated table.
+# (mode, layout) -> name of the generated table, and of the hand-set guesses a measurement replaces.
 _TABLES = {("fwd", "nhwc"): "BREAK_EVEN", ("fwdbwd", "nhwc"): "BREAK_EVEN_TRAINING",
            ("fwd", "nchw"): "BREAK_EVEN_NCHW"}
-_PROVENANCE = re.compile(r"^# (cpu|cuda): (.*)$")
+_HAND_SET_TABLES = {("fwd", "nhwc"): "HAND_SET", ("fwd", "nchw"): "HAND_SET_NCHW"}
+_DEVICES = ("cpu", "cpu_portable", "cuda")
+_PROVENANCE = re.compile(r"^# (cpu_portable|cpu|cuda): (.*)$")
 
 
 def _provenance(block: str) -> Dict[str, str]:
@@ -231,7 +308,8 @@ def write_break_even_table(entries: Dict[Tuple[str, str, str], float], command: 
     existing keys not in ``entries`` are kept. (``mode``, ``layout``) pick the table: ("fwd",
     "nhwc") ``BREAK_EVEN``, ("fwdbwd", "nhwc") ``BREAK_EVEN_TRAINING``, ("fwd", "nchw")
     ``BREAK_EVEN_NCHW``. ``command`` and ``date`` (today) become the provenance comment of each
-    device in ``entries``. Forward entries replace the ``HAND_SET`` guesses of the same keys.
+    device in ``entries``. Forward entries replace the ``HAND_SET`` (``HAND_SET_NCHW``) guesses
+    of the same keys.
     """
     if (mode, layout) not in _TABLES:
         raise ValueError(f"write_break_even_table: (mode, layout) must be one of "
@@ -244,13 +322,14 @@ def write_break_even_table(entries: Dict[Tuple[str, str, str], float], command: 
     table = dict(current)
     for key, value in entries.items():
         kind, bucket, device = key
-        if kind not in ("kxk", "1x1", "depthwise") or device not in ("cpu", "cuda"):
+        if kind not in ("kxk", "1x1", "depthwise") or device not in _DEVICES:
             raise ValueError(f"write_break_even_table: bad key {key}")
         table[key] = float(min(max(value, 0.0), 1.0))
     with open(path) as f:
         text = f.read()
+    hand_name = _HAND_SET_TABLES.get((mode, layout))
     blocks = {}
-    for block_name in (name, "HAND_SET"):
+    for block_name in (name, hand_name) if hand_name else (name,):
         pattern = re.compile(rf"# BEGIN {block_name} TABLE\n.*?# END {block_name} TABLE", re.S)
         match = pattern.search(text)
         if not match:
@@ -262,15 +341,16 @@ def write_break_even_table(entries: Dict[Tuple[str, str, str], float], command: 
         provenance[device] = f"{command} on {date}."
     pattern, _ = blocks[name]
     text = pattern.sub(lambda _: _table_block(name, table, provenance), text)
-    hand_set = dict(HAND_SET)
-    if mode == "fwd" and layout == "nhwc":
+    if hand_name:
+        hand_set = dict(globals()[hand_name])
         for key in entries:
             hand_set.pop(key, None)
-        pattern, _ = blocks["HAND_SET"]
-        text = pattern.sub(lambda _: _table_block("HAND_SET", hand_set, {}), text)
+        pattern, _ = blocks[hand_name]
+        text = pattern.sub(lambda _: _table_block(hand_name, hand_set, {}), text)
     with open(path, "w") as f:
         f.write(text)
     current.clear()
     current.update(table)
-    HAND_SET.clear()
-    HAND_SET.update(hand_set)
+    if hand_name:
+        globals()[hand_name].clear()
+        globals()[hand_name].update(hand_set)
