@@ -26,7 +26,7 @@ at::Tensor masked_conv2d_forward_cpu(
 
 // The "keep" variant: writes the active positions into `out` (N x O x Ho x Wo, input's dtype, any
 // strides without internal overlap, not overlapping input) and leaves the rest untouched.
-at::Tensor& masked_conv2d_out_cpu(
+void masked_conv2d_out_cpu(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t groups, at::Tensor& out);
@@ -44,7 +44,7 @@ at::Tensor masked_conv2d_forward_cuda(
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t groups);
 
-at::Tensor& masked_conv2d_out_cuda(
+void masked_conv2d_out_cuda(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t groups, at::Tensor& out);

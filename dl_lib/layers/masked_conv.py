@@ -89,7 +89,7 @@ if _HAS_OPS:
     @torch.library.register_fake("dl_lib::masked_conv2d_out")
     def _masked_conv2d_out_fake(input, weight, bias, mask, stride_h, stride_w, pad_h, pad_w,
                                 dilation_h, dilation_w, groups, out):
-        return out
+        return None  # mutates out, returns nothing
 
 
 def _has_kernel(input: torch.Tensor, dtype: Optional[torch.dtype] = None) -> bool:

@@ -50,10 +50,9 @@ def test_keep_calls_the_compiled_op_without_zero_fill(monkeypatch):
     # NaN at the inactive positions survives: nothing was written there.
     assert torch.isnan(out[~mask.expand_as(out)]).all()
     assert not torch.isnan(out[mask.expand_as(out)]).any()
-    # The raw op: same semantics, returns its out argument.
+    # The raw op: same semantics, writes its out argument (and returns nothing).
     out2 = previous.clone()
-    r = torch.ops.dl_lib.masked_conv2d_out(x, w, b, mask, 1, 1, 1, 1, 1, 1, 1, out2)
-    assert r.data_ptr() == out2.data_ptr()
+    assert torch.ops.dl_lib.masked_conv2d_out(x, w, b, mask, 1, 1, 1, 1, 1, 1, 1, out2) is None
     torch.testing.assert_close(out2, masked_conv2d_keep(x, w, b, mask, previous, **kw),
                                rtol=1e-4, atol=1e-4)
 
@@ -128,3 +127,21 @@ def test_keep_op_schema_and_fake():
     torch.library.opcheck(torch.ops.dl_lib.masked_conv2d_out.default,
                           (x, w, b, mask, 1, 1, 1, 1, 1, 1, 1, previous.clone()),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@needs_ops
+def test_keep_under_torch_compile():
+    # The op returns nothing (an output aliasing `out` could not be functionalized).
+    x, w, b, mask, previous, kw = _problem(4, 6, 3, 1, 1, hw=(6, 7))
+    w, b = w.requires_grad_(), b.requires_grad_()
+
+    def keep(x, previous):
+        return masked_conv2d(x, w, b, mask, out=previous.clone(), **kw)
+
+    compiled = torch.compile(keep, backend="aot_eager", fullgraph=False)
+    y = compiled(x, previous)
+    torch.testing.assert_close(y, masked_conv2d_keep(x, w, b, mask, previous, **kw),
+                               rtol=1e-4, atol=1e-4)
+    (gw,) = torch.autograd.grad(y.sum(), w)
+    (gw_ref,) = torch.autograd.grad(masked_conv2d_keep(x, w, b, mask, previous, **kw).sum(), w)
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-4, atol=1e-4)

@@ -817,7 +817,7 @@ at::Tensor masked_conv2d_forward_cpu_impl(
   return out;
 }
 
-at::Tensor& masked_conv2d_out_cpu_impl(
+void masked_conv2d_out_cpu_impl(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t groups, at::Tensor& out) {
@@ -836,7 +836,6 @@ at::Tensor& masked_conv2d_out_cpu_impl(
   at::assert_no_internal_overlap(out);
   at::assert_no_overlap(out, input);
   forward_into(input, weight, b, mask, g, out, /*zero_rest=*/false);
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1092,12 +1091,12 @@ at::Tensor masked_conv2d_forward_cpu(
                                         pad_w, dilation_h, dilation_w, groups);
 }
 
-at::Tensor& masked_conv2d_out_cpu(
+void masked_conv2d_out_cpu(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t groups, at::Tensor& out) {
-  return masked_conv2d_out_cpu_impl(input, weight, bias, mask, stride_h, stride_w, pad_h, pad_w,
-                                    dilation_h, dilation_w, groups, out);
+  masked_conv2d_out_cpu_impl(input, weight, bias, mask, stride_h, stride_w, pad_h, pad_w,
+                             dilation_h, dilation_w, groups, out);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(

@@ -826,10 +826,9 @@ at::Tensor masked_conv2d_forward_cuda(
   at::Tensor out = at::zeros({g.N, g.O, g.Ho, g.Wo},
                              input.options().memory_format(input.suggest_memory_format()));
   forward_active_into(fn, input, weight, bias_c, mask, g, out);
-  return out;
 }
 
-at::Tensor& masked_conv2d_out_cuda(
+void masked_conv2d_out_cuda(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t groups, at::Tensor& out) {
@@ -849,7 +848,6 @@ at::Tensor& masked_conv2d_out_cuda(
   at::assert_no_overlap(out, input);
   c10::cuda::CUDAGuard guard(input.device());
   forward_active_into(fn, input, weight, bias_c, mask, g, out);
-  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cuda(
