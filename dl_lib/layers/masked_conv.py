@@ -235,8 +235,8 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         stride, padding, dilation: int or (h, w) pair, as in ``F.conv2d`` (zero padding).
         groups: as in ``F.conv2d``.
         dense_fallback: if True, run ``F.conv2d(...) * mask`` when the mask's density is above
-            the layer's break-even point for this input's layout (``masked_conv_policy``);
-            costs one host sync for the density.
+            the layer's break-even point for this input's layout and this CPU's ISA
+            (``masked_conv_policy``); costs one host sync for the density.
         out: optional N x O x Ho x Wo tensor of the input's dtype and device (any memory
             format): the active positions are written into it, the others keep their values
             (no zero fill); it is returned, and gets grad_output at the inactive positions.
