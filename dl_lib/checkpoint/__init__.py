@@ -6,6 +6,7 @@ from .converters import (
     find_converter,
     register_converter,
     registered_converters,
+    rename_prefixes,
     unregister_converter,
 )
 from .pretrained import (
@@ -17,7 +18,7 @@ from .pretrained import (
 
 __all__ = [
     "Checkpointer", "PeriodicCheckpointer", "IncompatibleCheckpointError", "register_converter",
-    "unregister_converter", "registered_converters", "find_converter",
+    "unregister_converter", "registered_converters", "find_converter", "rename_prefixes",
     "apply_checkpoint_architecture", "architecture_of", "architecture_overrides",
     "load_pretrained_backbone", "find_backbone", "PretrainedWeightsError", "PretrainedReport",
 ]

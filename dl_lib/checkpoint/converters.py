@@ -20,12 +20,12 @@ Backbone ImageNet files (``MODEL.PRETRAINED``) do not go through this registry: 
 class declares its layouts in ``convert_pretrained`` (see ``dl_lib.checkpoint.pretrained``).
 """
 import logging
-from typing import Callable, Collection, Dict, List, NamedTuple, Optional, Type
+from typing import Callable, Collection, Dict, List, NamedTuple, Optional, Sequence, Type
 
 from torch import nn
 
 __all__ = ["register_converter", "unregister_converter", "registered_converters",
-           "find_converter", "Converter"]
+           "find_converter", "rename_prefixes", "Converter"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,22 @@ class Converter(NamedTuple):
 
 
 _CONVERTERS: List[Converter] = []
+
+
+def rename_prefixes(state_dict: Dict, renames: Dict[str, str], drop: Sequence[str] = ()) -> Dict:
+    """The body of most converters: each key starting with an ``old`` prefix of ``renames``
+    (first match, in order) gets ``new`` instead; keys starting with a ``drop`` prefix (e.g. an
+    ImageNet classifier ``"fc."``) are left out; other keys pass unchanged."""
+    out = {}
+    for key, value in state_dict.items():
+        if drop and key.startswith(tuple(drop)):
+            continue
+        for old, new in renames.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out
 
 
 def register_converter(name: str, convert: Callable[[Dict], Dict],

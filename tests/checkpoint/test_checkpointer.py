@@ -418,3 +418,11 @@ def test_periodic_checkpointer_keeps_last_k_across_resume(tmp_path):
                                  period=1, max_to_keep=1)
     quiet.step(20)
     assert not (tmp_path / "model_0000020.pth").exists()
+
+
+def test_rename_prefixes_renames_first_match_drops_and_keeps_the_rest():
+    from dl_lib.checkpoint import rename_prefixes
+
+    sd = {"a.b.w": 1, "a.c": 2, "fc.w": 3, "other": 4}
+    assert rename_prefixes(sd, {"a.b.": "x.", "a.": "y."}, drop=("fc.",)) == {
+        "x.w": 1, "y.c": 2, "other": 4}

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
+from dl_lib.checkpoint.converters import rename_prefixes
 from dl_lib.layers import FrozenBatchNorm2d, get_norm
 
 from ..registry import BACKBONE_REGISTRY
@@ -209,17 +210,7 @@ class ResNet(Backbone):
             layout = "pspnet_layer0"
         else:
             layout = None
-        renames = _DEEP_STEM_LAYOUTS.get(layout, {})
-        out = {}
-        for key, value in state_dict.items():
-            if key.startswith("fc."):
-                continue
-            for old, new in renames.items():
-                if key.startswith(old):
-                    key = new + key[len(old):]
-                    break
-            out[key] = value
-        return out
+        return rename_prefixes(state_dict, _DEEP_STEM_LAYOUTS.get(layout, {}), drop=("fc.",))
 
     def freeze(self, freeze_at: int) -> "ResNet":
         """Freeze the stem (freeze_at >= 1) and stages res2..res{freeze_at} (freeze_at >= 2).
