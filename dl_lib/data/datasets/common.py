@@ -9,7 +9,7 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from dl_lib.data.datasets.file_lock import exclusive_lock
+from dl_lib.data.datasets.file_lock import exclusive_lock, replace_dir
 from dl_lib.utils.env import datasets_root
 
 __all__ = ["dataset_path", "require_dir", "load_sem_seg", "check_mask_values", "read_mask",
@@ -196,11 +196,7 @@ def _convert_into_place(src_dir: str, dst_dir: str, files: Sequence[str], lut: n
             Image.fromarray(lut[read_mask(os.path.join(src_dir, rel))]).save(out)
         with open(os.path.join(tmp, CONVERSION_MARKER), "w") as f:
             json.dump(record, f)
-        if os.path.exists(dst_dir):  # incomplete, or made from other masks / another table
-            old = f"{dst_dir}.old-{os.getpid()}"
-            os.replace(dst_dir, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, dst_dir)
+        replace_dir(tmp, dst_dir)  # also replaces an incomplete or outdated one
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -3,8 +3,9 @@
 (ranks, data-loader workers, parallel test runs) may request at the same moment."""
 import contextlib
 import os
+import shutil
 
-__all__ = ["exclusive_lock"]
+__all__ = ["exclusive_lock", "replace_dir"]
 
 
 @contextlib.contextmanager
@@ -24,3 +25,14 @@ def exclusive_lock(path: str):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def replace_dir(tmp: str, dst: str) -> None:
+    """Move the complete folder ``tmp`` to ``dst`` (call it holding the lock), replacing an older
+    ``dst``: the old one is first renamed aside, so ``dst`` is at every moment either the old
+    folder or the new one, never a half-deleted mix."""
+    if os.path.exists(dst):
+        old = f"{dst}.old-{os.getpid()}"
+        os.replace(dst, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, dst)

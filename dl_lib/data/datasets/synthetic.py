@@ -34,7 +34,7 @@ import numpy as np
 from cityscapesscripts.helpers.labels import labels as _CS_LABELS
 
 from dl_lib.data.datasets.common import dataset_path
-from dl_lib.data.datasets.file_lock import exclusive_lock
+from dl_lib.data.datasets.file_lock import exclusive_lock, replace_dir
 
 __all__ = ["GENERATOR_VERSION", "render_scene", "generate_synthetic_cityscapes",
            "ensure_synthetic_cityscapes", "SYNTHETIC_OPTIONS", "ID_TO_TRAINID"]
@@ -520,11 +520,7 @@ def generate_synthetic_cityscapes(root: str, num_train: int = 200, num_val: int 
         _write_split(tmp, "val", num_val, size, seed, 1, progress)
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(_manifest(num_train, num_val, size, seed), f, indent=1, sort_keys=True)
-        if os.path.exists(root):
-            old = f"{root}.old-{os.getpid()}"
-            os.replace(root, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, root)
+        replace_dir(tmp, root)  # also replaces an incomplete or outdated one
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
