@@ -31,6 +31,7 @@ import torch
 
 from dl_lib.checkpoint import apply_checkpoint_architecture
 from dl_lib.config import CfgNode, merge_opts
+from dl_lib.config.checks import check_config_values, check_device_available
 from dl_lib.utils.env import output_root
 
 __all__ = ["PlaygroundError", "find_playground", "load_config", "load_net", "build_model", "build",
@@ -136,6 +137,7 @@ def load_config(path: Optional[str] = None, opts: Optional[Sequence[str]] = None
     merge_opts(cfg, opts, source=f"overrides for {folder}")
     if not cfg.OUTPUT_DIR:
         cfg.OUTPUT_DIR = default_output_dir(folder)
+    check_config_values(cfg, folder)  # values that pass the type check but make no sense
     return cfg
 
 
@@ -153,6 +155,7 @@ def build_model(path: Optional[str], cfg: CfgNode) -> torch.nn.Module:
     """``build_model(cfg)`` of the playground's ``net.py``, checked and moved to
     ``cfg.MODEL.DEVICE``. ``dl_train`` calls it after ``default_setup``, so what ``net.py``
     logs while it is imported and while it builds reaches ``OUTPUT_DIR/log.txt``."""
+    check_device_available(cfg)  # one line "set MODEL.DEVICE cpu", not CUDA's traceback
     model = load_net(path).build_model(cfg)
     if not isinstance(model, torch.nn.Module):
         raise PlaygroundError(f"build_model(cfg) in {find_playground(path)}/net.py returned "

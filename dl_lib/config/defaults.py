@@ -105,6 +105,10 @@ _C.INPUT.FIX_SIZE_FOR_FLOPS = [1024, 2048]
 _C.DATASETS = CfgNode()
 _C.DATASETS.TRAIN = ("cityscapes_fine_sem_seg_train",)
 _C.DATASETS.TEST = ("cityscapes_fine_sem_seg_val",)
+# Label values: "sample" checks each mask as the mapper reads it (a value outside 0..NUM_CLASSES-1
+# and IGNORE_VALUE stops, naming the file); "all" also reads every training mask once before
+# training starts; "none" checks nothing (a bad value then fails deep in the loss, unnamed).
+_C.DATASETS.CHECK_LABELS = "sample"
 
 _C.DATALOADER = CfgNode()
 _C.DATALOADER.NUM_WORKERS = 2

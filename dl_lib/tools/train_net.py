@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 from dl_lib import playground
 from dl_lib.checkpoint import apply_checkpoint_architecture
 from dl_lib.config import ConfigError
+from dl_lib.config.checks import check_device_available
 from dl_lib.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from dl_lib.engine.defaults import parse_args
 
@@ -138,7 +139,8 @@ def main(argv: Optional[Sequence[str]] = None, eval_only: bool = False,
     try:
         # Absolute, so every process (and the log) names the same folder.
         args.playground = playground.find_playground(args.playground)
-        cfg = playground.load_config(args.playground, args.opts)
+        cfg = playground.load_config(args.playground, args.opts)  # checks the values too
+        check_device_available(cfg)  # one line, not a CUDA traceback per process
         if args.eval_only:
             weights_to_evaluate(cfg, args.resume, args.random_weights)
     except (playground.PlaygroundError, ConfigError, MissingWeightsError) as e:
