@@ -26,10 +26,11 @@ from dl_lib.playground import LOGGER_NAME as PLAYGROUND_LOGGER
 from dl_lib.utils import comm
 from dl_lib.utils.collect_env import collect_env_info
 from dl_lib.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
+from dl_lib.utils.file_io import atomic_write
 from dl_lib.utils.logger import setup_logger
 
 from . import hooks
-from .train_loop import SimpleTrainer
+from .train_loop import SimpleTrainer, StorageCheckpointable
 
 __all__ = [
     "default_argument_parser", "parse_args", "default_setup", "default_writers", "seed_all_rng",
@@ -68,9 +69,13 @@ process joins the launcher's group instead of spawning; an sbatch script spawns 
                              "schedule, iteration); without it MODEL.WEIGHTS initialises the "
                              "model only")
     parser.add_argument("--eval-only", action="store_true", help="evaluate only, no training")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new training run in an OUTPUT_DIR that holds an earlier one: "
+                             "the earlier run is moved to OUTPUT_DIR.old-<time>/ (not deleted); "
+                             "without it (and without --resume) such a folder is refused")
     parser.add_argument("--random-weights", action="store_true",
-                        help="with --eval-only / dl_test and no MODEL.WEIGHTS: evaluate the random "
-                             "initialisation on purpose (a smoke test); otherwise that is an error")
+                        help="with --eval-only / dl_test: the same as MODEL.WEIGHTS none, evaluate "
+                             "the random initialisation on purpose (a smoke test)")
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="processes per machine (GPUs; CPU processes with MODEL.DEVICE cpu)")
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
@@ -121,12 +126,14 @@ def seed_all_rng(seed: Optional[int] = None) -> int:
     return seed
 
 
-def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> None:
+def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None,
+                  save_config: bool = True) -> None:
     """Per-process set-up at the start of a run.
 
     1. Logging to the console (main process) and to ``OUTPUT_DIR/log.txt`` (``.rankN`` others).
-    2. Log the environment, the command line and the full config; the main process writes it to
-       ``OUTPUT_DIR/config.yaml``.
+    2. Log the environment, the command line and the full config; with ``save_config`` the main
+       process writes it to ``OUTPUT_DIR/config.yaml`` (``dl_train`` passes False and writes it
+       once the model is built and its weights loaded: ``dl_lib.engine.run_dir.save_run_config``).
     3. Seed every RNG with ``SEED + rank`` (``SEED < 0``: a random seed, logged).
     4. ``DETERMINISTIC``: deterministic kernels (errors on ops without one) and cudnn flags;
        otherwise ``CUDNN_BENCHMARK`` sets ``cudnn.benchmark`` (training only).
@@ -149,9 +156,9 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> No
     logger.info("Environment info:\n" + collect_env_info())
     if args is not None:
         logger.info(f"Command line arguments: {args}")
-    if comm.is_main_process():
+    if save_config and comm.is_main_process():
         path = os.path.join(output_dir, "config.yaml")
-        with open(path, "w") as f:
+        with atomic_write(path) as f:
             f.write(cfg.dump())
         logger.info(f"Full config saved to {path}")
     logger.info(f"Running with full config:\n{cfg.dump()}")
@@ -236,12 +243,16 @@ class DefaultTrainer(SimpleTrainer):
                          amp=cfg.SOLVER.AMP.ENABLED, amp_dtype=cfg.SOLVER.AMP.DTYPE)
         self.cfg = cfg
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        checkpointables = {"optimizer": optimizer, "scheduler": self.scheduler}
+        # "storage": the metric histories, so smoothed metrics continue exactly on resume.
+        checkpointables = {"optimizer": optimizer, "scheduler": self.scheduler,
+                           "storage": StorageCheckpointable(self)}
         if self.grad_scaler is not None:
             checkpointables["grad_scaler"] = self.grad_scaler
         self.checkpointer = self.build_checkpointer(cfg, model, **checkpointables)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.LR_SCHEDULER.MAX_ITER
+        # Per-iteration seeds (SEED >= 0): an iteration draws the same numbers after a resume.
+        self.iteration_seed = cfg.SEED if cfg.SEED >= 0 else None
         self.register_hooks(self.build_hooks())
 
     # ---- resume / initialise ------------------------------------------------------------------
@@ -267,17 +278,26 @@ class DefaultTrainer(SimpleTrainer):
                         "holds the trained backbone).")
         checkpoint = self.checkpointer.resume_or_load(weights, resume=resume) or {}
         if resuming:
+            resumed_file = self.checkpointer.resumed_file or self.checkpointer.get_checkpoint_file()
             if "iteration" not in checkpoint:
                 raise KeyError(
-                    f"The checkpoint {self.checkpointer.get_checkpoint_file()} has no 'iteration'; "
+                    f"The checkpoint {resumed_file} has no 'iteration'; "
                     "it cannot be resumed. Use it as MODEL.WEIGHTS without --resume."
                 )
             self.start_iter = int(checkpoint["iteration"]) + 1
             logger.info(
-                f"Resumed from {self.checkpointer.get_checkpoint_file()} (iteration "
+                f"Resumed from {resumed_file} (iteration "
                 f"{checkpoint['iteration']}); training continues at iteration {self.start_iter} "
                 f"of {self.max_iter}."
             )
+            from dl_lib.data.build import seek_train_loader
+
+            # The data order continues where it stopped instead of restarting at its first batch.
+            if not seek_train_loader(self.data_loader, self.start_iter):
+                logger.warning(
+                    f"The train loader ({type(self.data_loader).__name__}) cannot continue at "
+                    f"iteration {self.start_iter} (it is not dl_lib.data.build_train_loader's); "
+                    "its data order restarts from the beginning, so this resume is not exact.")
         else:
             self.start_iter = 0
             if weights:
@@ -413,7 +433,7 @@ class DefaultTrainer(SimpleTrainer):
             return {}
         path = os.path.join(cfg.OUTPUT_DIR, "results.json")
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        with open(path, "w") as f:
+        with atomic_write(path) as f:  # a crash mid-write keeps the previous results.json
             json.dump(results, f, indent=2, default=_json_default)
         logger.info(f"Results saved to {path}")
         if len(results) == 1:

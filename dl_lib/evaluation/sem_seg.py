@@ -27,6 +27,7 @@ from tabulate import tabulate
 from dl_lib.analysis.costs import summarize_costs
 from dl_lib.data.catalog import MetadataCatalog
 from dl_lib.utils import comm
+from dl_lib.utils.file_io import atomic_write
 
 from .evaluator import DatasetEvaluator
 
@@ -253,7 +254,7 @@ class SemSegEvaluator(DatasetEvaluator):
                 record["num_exit_images"] = n_exit
                 record["exits"] = [{"sem_seg": _nan_to_none(r), "confusion_matrix": c.tolist()}
                                    for r, c in zip(exit_res, exit_confs)]
-            with open(path, "w") as f:
+            with atomic_write(path) as f:  # a crash mid-write keeps the previous file
                 json.dump(record, f, indent=2)
             logger.info(f"Saved evaluation results to {path}")
         for e, r in enumerate(exit_res):

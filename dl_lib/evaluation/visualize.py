@@ -9,6 +9,7 @@ from PIL import Image
 
 from dl_lib.data.catalog import DatasetCatalog, MetadataCatalog
 from dl_lib.utils import visualizer as vis
+from dl_lib.utils.file_io import atomic_write
 
 from .evaluator import inference_context
 
@@ -112,7 +113,8 @@ def write_panels(cfg, model: torch.nn.Module, dataset_name: str, output_dir: str
                                title=str(d.get("image_id", i)), exits=exits)
             stem = str(d.get("image_id", os.path.splitext(os.path.basename(d["file_name"]))[0]))
             path = os.path.join(out_dir, f"{i:04d}_{stem.replace(os.sep, '_')}.png")
-            Image.fromarray(panel).save(path)
+            with atomic_write(path, "wb") as f:  # never a half-written panel over an old one
+                Image.fromarray(panel).save(f, format="PNG")
             paths.append(path)
     logger.info(f"Wrote {len(paths)} panels to {out_dir}")
     return paths

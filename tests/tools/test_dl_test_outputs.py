@@ -1,6 +1,7 @@
 """``dl_test`` after ``dl_train`` on the fixture playground (one process, in this one): its outputs
 go to OUTPUT_DIR/inference/<weights name>/, the training run's files stay byte-identical, the
-weights load strictly, and no weights is an error that names the run's checkpoints."""
+weights load strictly, no MODEL.WEIGHTS means the checkpoint last_checkpoint names, and no
+checkpoint at all is an error unless MODEL.WEIGHTS none."""
 import json
 import os
 
@@ -50,17 +51,34 @@ def test_dl_test_writes_under_inference_and_keeps_the_training_files(trained):
     assert (inference / "results.json").is_file() and _snapshot(out) == before
 
 
-def test_dl_test_without_weights_names_the_runs_checkpoints(trained, capsys):
+def test_dl_test_without_weights_evaluates_the_last_checkpoint(trained, caplog):
     folder, out = trained
+    train_net.main_test(["--playground", folder])  # last_checkpoint names model_final.pth
+    assert (out / "inference" / "model_final" / "results.json").is_file()
+    assert f"WEIGHTS: {out / 'model_final.pth'}" in (
+        out / "inference" / "model_final" / "config.yaml").read_text()
+    assert "last_checkpoint names" in (out / "inference" / "model_final" / "log.txt").read_text()
+
+
+def test_dl_test_without_weights_or_checkpoint_stops_unless_none(toy_playground, tmp_path,
+                                                                 capsys):
+    empty = tmp_path / "no_run"
     with pytest.raises(SystemExit) as e:
-        train_net.main_test(["--playground", folder])
+        train_net.main_test(["--playground", toy_playground, "OUTPUT_DIR", str(empty)])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "MODEL.WEIGHTS" in err and str(out / "model_final.pth") in err
-    assert "--resume" in err and "--random-weights" in err
-    # The explicit opt-in scores the random initialisation, in its own folder.
-    train_net.main_test(["--playground", folder, "--random-weights"])
-    assert (out / "inference" / "random_init" / "results.json").is_file()
+    assert "MODEL.WEIGHTS" in err and str(empty / "last_checkpoint") in err
+    assert "MODEL.WEIGHTS none" in err
+    assert not (empty / "inference").exists()
+    # The explicit opt-in scores the random initialisation, in its own folder; --random-weights
+    # is its alias.
+    for opt_in in (["MODEL.WEIGHTS", "none"], ["--random-weights"]):
+        flags, opts = (opt_in, []) if opt_in[0].startswith("--") else ([], opt_in)
+        train_net.main_test(["--playground", toy_playground] + flags + ["OUTPUT_DIR", str(empty)]
+                            + opts)
+        results = empty / "inference" / "random_init" / "results.json"
+        assert results.is_file()
+        results.unlink()
 
 
 def test_dl_test_loads_strictly_unless_told_otherwise(trained, tmp_path):
