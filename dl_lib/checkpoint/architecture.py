@@ -24,6 +24,8 @@ from torch import nn
 
 from dl_lib.config import CfgNode, merge_opts
 
+from .file_check import check_torch_file, unreadable_checkpoint_error
+
 __all__ = ["ARCHITECTURE_KEY", "architecture_of", "architecture_overrides",
            "apply_checkpoint_architecture"]
 
@@ -79,6 +81,7 @@ def architecture_overrides(path: str) -> Dict[str, Any]:
     refuses gives ``{}`` with a warning (the weights loader decides whether to trust it).
     """
     local = _local_file(path)
+    check_torch_file(local, path)  # a text / empty / random file: one message naming it
     try:
         # mmap: only the small pickled dict is read here, not every tensor.
         obj = torch.load(local, map_location="cpu", weights_only=True, mmap=True)
@@ -87,7 +90,14 @@ def architecture_overrides(path: str) -> Dict[str, Any]:
                        "architecture (if any) was not read.")
         return {}
     except RuntimeError:  # not a zip-format file: mmap is not possible
-        obj = torch.load(local, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(local, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            return {}  # as above: the weights loader decides
+        except Exception as e:  # truncated or corrupted: name the file
+            raise unreadable_checkpoint_error(local, e, path) from e
+    except Exception as e:  # EOF / decoding errors of a truncated or corrupted file
+        raise unreadable_checkpoint_error(local, e, path) from e
     arch = obj.get(ARCHITECTURE_KEY) if isinstance(obj, dict) else None
     return _check(arch, path) if arch else {}
 

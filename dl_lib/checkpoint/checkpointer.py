@@ -5,6 +5,8 @@ Built on ``fvcore.common.checkpoint.Checkpointer``; what this adds:
 - **Atomic writes.** A checkpoint (and the ``last_checkpoint`` pointer) is written to a temporary
   file in the same folder, flushed and fsync'ed, then moved over the final name with
   ``os.replace``. A job killed mid-save leaves the previous checkpoint and pointer intact.
+  A resume whose pointer names a missing or truncated file falls back to the newest complete
+  checkpoint of the folder, with a warning (``resume_candidates``).
 - **Resume vs. init.** ``resume_or_load(path, resume=True)`` restores everything (model,
   optimizer, scheduler, every checkpointable, ``iteration``) from ``save_dir/last_checkpoint``
   when that exists; otherwise it loads ``path`` (``MODEL.WEIGHTS``) as model weights only and
@@ -38,6 +40,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -59,10 +62,19 @@ from dl_lib.utils import comm
 
 from .architecture import ARCHITECTURE_KEY, architecture_of
 from .converters import find_converter
+from .file_check import CheckpointReadError, check_torch_file, unreadable_checkpoint_error
 
-__all__ = ["Checkpointer", "PeriodicCheckpointer", "IncompatibleCheckpointError"]
+__all__ = ["Checkpointer", "PeriodicCheckpointer", "IncompatibleCheckpointError",
+           "CheckpointReadError", "MIN_INIT_MATCHED_FRACTION", "resume_candidates",
+           "readable_resume_checkpoint"]
 
 _POINTER = "last_checkpoint"
+
+# MODEL.WEIGHTS that initialise a training run must match at least this share of the model's
+# tensors by name and shape (the rule of MODEL.PRETRAINED for the backbone): a file in another
+# layout (a torchvision classifier, another family's model) matches ~0 and would train a random
+# network; fine-tuning with another head or class count still matches most tensors.
+MIN_INIT_MATCHED_FRACTION = 0.5
 
 
 def _unwrap_model(model: nn.Module) -> nn.Module:
@@ -110,6 +122,7 @@ class Checkpointer(_FvCheckpointer):
         super().__init__(_unwrap_model(model), save_dir or "", save_to_disk=save_to_disk,
                          **checkpointables)
         self.weights_only = weights_only
+        self.resumed_file: Optional[str] = None  # the file the last resume_or_load resumed from
         # fvcore logs under "fvcore..."; ours propagates to the "dl_lib" logger set up per rank.
         self.logger = logging.getLogger(__name__)
 
@@ -180,7 +193,7 @@ class Checkpointer(_FvCheckpointer):
         return bool(self.save_dir) and super().has_checkpoint()
 
     def load(self, path: str, checkpointables: Optional[List[str]] = None, *,
-             strict: bool = False) -> Dict[str, Any]:
+             strict: bool = False, min_matched: float = 0.0) -> Dict[str, Any]:
         """Load the model from ``path`` and the named checkpointables (None: all of them).
 
         Args:
@@ -189,12 +202,17 @@ class Checkpointer(_FvCheckpointer):
             checkpointables: names to restore; ``[]`` loads the model only.
             strict: every tensor of the model must be in the file with the model's shape
                 (``num_batches_tracked`` counters excepted); checked before anything is loaded.
+            min_matched: the share of the model's tensors (``num_batches_tracked`` excepted)
+                that must be in the file with the model's shape; checked before loading
+                (``resume_or_load`` uses ``MIN_INIT_MATCHED_FRACTION`` for MODEL.WEIGHTS).
         Returns:
             The remaining entries of the checkpoint (e.g. ``iteration``, ``architecture``);
             ``{}`` for bare files.
         Raises:
             FileNotFoundError: ``path`` does not exist.
-            IncompatibleCheckpointError: ``strict`` and a tensor is missing or has another shape.
+            IncompatibleCheckpointError: ``strict`` and a tensor is missing or has another
+                shape, or less than ``min_matched`` of the model matched.
+            CheckpointReadError: the file is not a torch checkpoint, or is truncated.
         """
         if not path:
             self.logger.info("No checkpoint given: the model keeps its initialisation")
@@ -205,12 +223,12 @@ class Checkpointer(_FvCheckpointer):
             raise KeyError(f"Checkpointables {unknown} were not given to this Checkpointer; "
                            f"known: {list(self.checkpointables)}")
 
-        local = self._local_path(path)
-        self.logger.info(f"Loading checkpoint from {path}")
-        checkpoint = self._as_checkpoint(self._load_file(local), path)
+        checkpoint = self._read_checkpoint(path)
         self._warn_if_other_architecture(checkpoint.get(ARCHITECTURE_KEY), path)
         if strict:
             self._check_complete(checkpoint["model"], path)
+        if min_matched > 0:
+            self._check_enough_matched(checkpoint["model"], path, min_matched)
         self._log_incompatible_keys(self._load_model(checkpoint))
 
         # LR schedulers last: loading an optimizer restores its old LRs, and the scheduler then
@@ -233,9 +251,11 @@ class Checkpointer(_FvCheckpointer):
             iteration). Otherwise ``{}``: ``path`` (``MODEL.WEIGHTS``) is loaded as model weights
             only; optimizer, scheduler and iteration start fresh.
         """
+        self.resumed_file = None
         if resume and self.has_checkpoint():
-            last = self.get_checkpoint_file()
+            last = self._newest_complete_checkpoint()
             data = self.load(last)
+            self.resumed_file = last
             restored = ", ".join(["model"] + list(self.checkpointables))
             self.logger.info(f"Resumed from {last} ({restored}); last finished iteration: "
                              f"{data.get('iteration', 'not recorded')}")
@@ -243,13 +263,57 @@ class Checkpointer(_FvCheckpointer):
         if resume:
             self.logger.info(f"No checkpoint to resume from in {self.save_dir or '(no save_dir)'}")
         if path:
-            self.load(path, checkpointables=[])
+            self.load(path, checkpointables=[], min_matched=MIN_INIT_MATCHED_FRACTION)
             self.logger.info(f"Initialised model weights from {path} (weights only: optimizer, "
                              "scheduler and iteration start fresh)")
         else:
             self.logger.info("No MODEL.WEIGHTS given: training starts from the model's own "
                              "initialisation")
         return {}
+
+    def _read_checkpoint(self, path: str) -> Dict[str, Any]:
+        """The file at ``path`` as ``{"model": state_dict, ...}`` (read ahead by a resume's
+        search for a complete checkpoint: then not read twice)."""
+        ahead = getattr(self, "_read_ahead", None)
+        self._read_ahead = None
+        if ahead is not None and ahead[0] == path:
+            return ahead[1]
+        local = self._local_path(path)
+        self.logger.info(f"Loading checkpoint from {path}")
+        return self._as_checkpoint(self._load_file(local), path)
+
+    def _newest_complete_checkpoint(self) -> str:
+        """The checkpoint a resume uses: the file ``last_checkpoint`` names when it reads; when
+        it is missing or truncated, the newest other readable checkpoint of ``save_dir`` that
+        records an ``iteration`` (saying so). Raises ``CheckpointReadError`` when none reads."""
+        candidates = resume_candidates(self.save_dir)
+        pointed, problems = candidates[0], []
+        for path in candidates:
+            try:
+                checkpoint = self._read_checkpoint(path)
+            except (FileNotFoundError, CheckpointReadError) as e:  # missing or truncated
+                problems.append(f"{path}: {e}")
+                self.logger.warning(f"Cannot resume from {path}: {e}")
+                continue
+            except Exception as e:  # e.g. refused by weights_only: the pointed file's error stands
+                if path == pointed:
+                    raise
+                problems.append(f"{path}: {e}")
+                self.logger.warning(f"Cannot resume from {path}: {e}")
+                continue
+            if path != pointed and "iteration" not in checkpoint:
+                continue  # a weights file placed in the folder, not a resumable checkpoint
+            if path != pointed:
+                self.logger.warning(
+                    f"{os.path.join(self.save_dir, _POINTER)} names {os.path.basename(pointed)}, "
+                    f"which cannot be read; resuming from the newest complete checkpoint, "
+                    f"{path} (iteration {checkpoint['iteration']}), instead.")
+            self._read_ahead = (path, checkpoint)
+            return path
+        raise CheckpointReadError(
+            f"--resume: no checkpoint in {self.save_dir} can be read ("
+            + "; ".join(problems) + "). Remove the damaged files and resume again, or start a "
+            "new run without --resume.")
 
     def _local_path(self, path: str) -> str:
         if os.path.isfile(path):
@@ -270,7 +334,20 @@ class Checkpointer(_FvCheckpointer):
             os.path.dirname(os.path.abspath(f)), self.save_dir)
 
     def _load_file(self, f: str) -> Any:
-        """``torch.load`` on CPU under this checkpointer's ``weights_only`` policy."""
+        """``torch.load`` on CPU under this checkpointer's ``weights_only`` policy.
+
+        Raises ``CheckpointReadError`` naming ``f`` for a file that is not a torch checkpoint
+        (text, empty, random bytes: said before torch.load could suggest weights_only=False) or
+        one torch cannot read (truncated, corrupted)."""
+        check_torch_file(f)
+        try:
+            return self._torch_load(f)
+        except (pickle.UnpicklingError, CheckpointReadError):
+            raise  # a torch file that needs unsafe globals: that message names them
+        except Exception as e:  # zip / EOF / decoding errors of torch.load, none naming the file
+            raise unreadable_checkpoint_error(f, e) from e
+
+    def _torch_load(self, f: str) -> Any:
         if self.weights_only is False:
             return torch.load(f, map_location="cpu", weights_only=False)
         try:
@@ -347,6 +424,27 @@ class Checkpointer(_FvCheckpointer):
                      "MODEL.WEIGHTS_STRICT False.")
         raise IncompatibleCheckpointError(" ".join(parts))
 
+    def _check_enough_matched(self, state_dict: Dict[str, Any], path: str, min_matched: float,
+                              show: int = 5) -> None:
+        """Raise ``IncompatibleCheckpointError`` when fewer than ``min_matched`` of the model's
+        tensors are in ``state_dict`` with the model's shape."""
+        model_sd = {k: v for k, v in self.model.state_dict().items()
+                    if not k.endswith("num_batches_tracked")}
+        matched = [k for k, v in model_sd.items() if k in state_dict
+                   and tuple(getattr(state_dict[k], "shape", ())) == tuple(v.shape)]
+        if len(matched) >= min_matched * len(model_sd):
+            return
+        unmatched = [k for k in model_sd if k not in set(matched)]
+        raise IncompatibleCheckpointError(
+            f"Checkpoint {path} matches {len(matched)} of the {len(model_sd)} tensors of the model "
+            f"{type(self.model).__name__} by name and shape (at least "
+            f"{min_matched:.0%} must, or a mostly random network would be trained). First model "
+            f"keys not matched: {', '.join(unmatched[:show])}; first keys in the file: "
+            f"{', '.join(list(state_dict)[:show])}. A backbone's ImageNet file (e.g. torchvision's "
+            "resnet18) goes in MODEL.PRETRAINED, which converts its layout; MODEL.WEIGHTS is a "
+            "whole model of this config (one of our checkpoints, or a released one whose layout "
+            "a registered converter maps, see dl_lib.checkpoint.register_converter).")
+
     def _warn_if_other_architecture(self, stored: Optional[Dict[str, Any]], path: str) -> None:
         """Name the architecture entries where the file and the model differ."""
         current = architecture_of(self.model)
@@ -393,6 +491,35 @@ def _fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def resume_candidates(save_dir: str) -> List[str]:
+    """The checkpoints a resume in ``save_dir`` may use, in order of preference: the file that
+    ``save_dir/last_checkpoint`` names (which may be missing), then the other ``*.pth`` files
+    of the folder, newest first (by modification time; atomic saves finish with a rename).
+    ``[]`` without a pointer: there is nothing to resume."""
+    pointer = os.path.join(save_dir, _POINTER) if save_dir else ""
+    if not pointer or not os.path.isfile(pointer):
+        return []
+    with open(pointer) as f:
+        pointed = os.path.join(save_dir, f.read().strip())
+    others = []
+    if os.path.isdir(save_dir):
+        for entry in os.scandir(save_dir):
+            if (entry.name.endswith(".pth") and not entry.name.startswith(".")
+                    and entry.is_file() and entry.path != pointed):
+                others.append((entry.stat().st_mtime_ns, entry.name, entry.path))
+    return [pointed] + [p for _, _, p in sorted(others, reverse=True)]
+
+
+def readable_resume_checkpoint(save_dir: str) -> str:
+    """The first of :func:`resume_candidates` that looks complete (a readable zip directory,
+    which a truncated torch file lacks), or "" when none does. A cheap check, for what must be
+    known before the model is built (its stored architecture); the resume itself reads fully."""
+    for path in resume_candidates(save_dir):
+        if os.path.isfile(path) and zipfile.is_zipfile(path):
+            return path
+    return ""
 
 
 class PeriodicCheckpointer(_FvPeriodicCheckpointer):
