@@ -21,7 +21,9 @@ def test_quick_sweep_writes_table_plot_and_break_even(tmp_path):
     # 3 layers x 2 mask kinds x 3 densities, each measured in both rounds.
     assert len(rows) == 18
     for row in rows:
-        assert int(row["pairs"]) >= 4
+        # --min-reps 2 over 2 rounds guarantees one pair per round; more only when the time
+        # budget allows (fewer on a loaded machine), so only the guaranteed count is checked.
+        assert int(row["pairs"]) >= 2
         assert float(row["dense_ms"]) > 0 and float(row["masked_ms"]) > 0
         assert abs(float(row["ratio"]) - float(row["speedup"]) / float(row["ideal"])) < 1e-6
         # Only the all-active cells time MaskedConv2d (its dense fallback), paired with dense.
