@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dl_lib.data.datasets.common import read_mask
+from dl_lib.data.datasets.common import check_label_array, read_error, read_mask
 from dl_lib.data.transforms import (Augmentation, ColorJitter, RandomCropCategoryAreaConstraint,
                                     RandomCropPad, RandomFlip, ResizeShortestEdge, apply_augmentations)
 
@@ -18,11 +18,19 @@ logger = logging.getLogger(__name__)
 
 
 def read_image(path: str) -> np.ndarray:
-    """An image file as an H×W×3 uint8 RGB array (grey images are expanded to 3 channels)."""
+    """An image file as an H×W×3 uint8 RGB array (grey images are expanded to 3 channels).
+
+    A missing file is a FileNotFoundError, one that cannot be decoded (truncated, not an image)
+    an ``ImageReadError``; both name the path."""
     img = cv2.imread(path, cv2.IMREAD_COLOR)  # BGR, drops alpha, expands grey
-    if img is None:  # cv2 returns None instead of raising; PIL gives a useful error
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+    if img is None:  # cv2 returns None instead of raising; PIL says why
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        except FileNotFoundError:
+            raise  # PIL's message names the path
+        except (OSError, SyntaxError) as e:  # "image file is truncated", unidentified, ...
+            raise read_error(path, e) from e
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
@@ -65,29 +73,39 @@ class SemSegDatasetMapper:
     (int64 H×W train ids, ``ignore_value`` where padded), ``height``/``width`` (original size, the
     size the prediction must have).
 
+    With ``num_classes`` (from a config: ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` unless
+    ``DATASETS.CHECK_LABELS`` is "none"), a mask value outside ``0..num_classes-1`` and
+    ``ignore_value`` raises ``LabelValueError`` naming the mask (a max and a min per mask); image
+    and mask files that cannot be decoded raise ``ImageReadError`` naming the file.
+
     Build with explicit arguments, or from a config: ``SemSegDatasetMapper(cfg, is_train)``.
     """
 
     def __init__(self, cfg=None, is_train: bool = True, *, augmentations: Optional[Sequence[Augmentation]] = None,
-                 ignore_value: int = 255, image_format: str = "RGB"):
+                 ignore_value: int = 255, image_format: str = "RGB", num_classes: Optional[int] = None):
         if cfg is not None:
             kw = self.from_config(cfg, is_train)
             if augmentations is None:
                 augmentations = kw["augmentations"]
             ignore_value, image_format = kw["ignore_value"], kw["image_format"]
+            num_classes = kw["num_classes"]
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {image_format!r}")
         self.is_train = is_train
         self.augmentations = list(augmentations or [])
         self.ignore_value = ignore_value
         self.image_format = image_format
+        self.num_classes = num_classes
         logger.info("%s mapper augmentations: %s", "Train" if is_train else "Test", self.augmentations)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> dict:
-        """The explicit keyword arguments a config describes."""
+        """The explicit keyword arguments a config describes (``num_classes`` None when
+        ``DATASETS.CHECK_LABELS`` is "none": label values are not checked)."""
+        check = cfg.DATASETS.CHECK_LABELS != "none"
         return dict(augmentations=build_augmentations(cfg, is_train),
-                    ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE, image_format=cfg.INPUT.FORMAT)
+                    ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE, image_format=cfg.INPUT.FORMAT,
+                    num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES if check else None)
 
     def __call__(self, dataset_dict: dict) -> dict:
         d = copy.deepcopy(dataset_dict)  # the dataset's dicts are reused every epoch
@@ -95,7 +113,11 @@ class SemSegDatasetMapper:
         h, w = image.shape[:2]
         sem_seg = None
         if d.get("sem_seg_file_name"):
-            sem_seg = read_mask(d["sem_seg_file_name"]).astype(np.int32)
+            sem_seg = read_mask(d["sem_seg_file_name"])
+            if self.num_classes is not None:  # here, with the file's name, not in the loss
+                check_label_array(sem_seg, d["sem_seg_file_name"], self.num_classes,
+                                  self.ignore_value, image=d["file_name"])
+            sem_seg = sem_seg.astype(np.int32)
             if sem_seg.shape != (h, w):
                 raise ValueError(f"Mask {d['sem_seg_file_name']!r} is {sem_seg.shape[1]}x{sem_seg.shape[0]} "
                                  f"but image {d['file_name']!r} is {w}x{h}.")

@@ -13,7 +13,8 @@ from dl_lib.data.datasets.file_lock import exclusive_lock, replace_dir
 from dl_lib.utils.env import datasets_root
 
 __all__ = ["dataset_path", "require_dir", "load_sem_seg", "check_mask_values", "read_mask",
-           "NUM_CHECKED_MASKS"]
+           "NUM_CHECKED_MASKS", "ImageReadError", "LabelValueError", "out_of_range_labels",
+           "check_label_array", "check_all_masks", "read_error", "LABEL_HINT"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +39,100 @@ def require_dir(path: str, dataset: str, readme_section: str) -> str:
     return path
 
 
+class ImageReadError(OSError):
+    """An image or label file that exists but cannot be decoded (truncated, not an image)."""
+
+
+class LabelValueError(ValueError):
+    """A label mask holding a value that is neither a class index nor the ignore value."""
+
+
+def read_error(path: str, error: BaseException, what: str = "image") -> ImageReadError:
+    """The error for a file PIL / OpenCV failed on: its path, the decoder's words and the fix."""
+    return ImageReadError(
+        f"Cannot read the {what} {path!r} ({type(error).__name__}: {error}). The file is "
+        "truncated, corrupted or not an image: copy or extract it again, or remove it from the "
+        "dataset.")
+
+
 def read_mask(path: str) -> np.ndarray:
     """A label PNG as an H×W integer array. Palette ("P") images give their indices, not colours;
-    "L"/"I" images their values. A 3-channel mask is an error (labels must be single-channel)."""
-    with Image.open(path) as im:
-        if im.mode in ("RGB", "RGBA"):
-            raise ValueError(
-                f"Mask {path!r} has {len(im.getbands())} channels ({im.mode}); label images must be "
-                "single-channel (mode L, P or I) holding class indices, not colours.")
-        return np.asarray(im)
+    "L"/"I" images their values. A 3-channel mask is an error (labels must be single-channel);
+    a file that cannot be decoded is an ``ImageReadError`` naming it."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("RGB", "RGBA"):
+                raise ValueError(
+                    f"Mask {path!r} has {len(im.getbands())} channels ({im.mode}); label images "
+                    "must be single-channel (mode L, P or I) holding class indices, not colours.")
+            return np.asarray(im)
+    except FileNotFoundError:
+        raise  # PIL's message names the path
+    except (OSError, SyntaxError) as e:  # truncated / unidentified (PIL raises both kinds)
+        raise read_error(path, e, "label mask") from e
+
+
+# Why a mask holds values beyond the classes, most likely first; every label error ends with it.
+LABEL_HINT = (
+    "Masks must hold train ids (0..NUM_CLASSES-1, and the ignore value for unlabelled pixels). "
+    "Raw dataset ids are the usual cause: for Cityscapes use the *_gtFine_labelTrainIds.png "
+    "files, not *_labelIds.png (create them with cityscapesscripts' createTrainIdLabelImgs, "
+    "see datasets/README.md); otherwise set MODEL.SEM_SEG_HEAD.NUM_CLASSES / IGNORE_VALUE to the "
+    "dataset's. DATASETS.CHECK_LABELS all checks every training mask before training starts.")
+
+
+def out_of_range_labels(mask: np.ndarray, num_classes: int, ignore_value: int) -> List[int]:
+    """The values of ``mask`` that are neither in ``0..num_classes-1`` nor ``ignore_value``
+    (sorted, ``[]`` when it is clean). Cheap when clean: a max and a min over the mask (plus one
+    masked max when the ignore value is the largest), no sort."""
+    if mask.size == 0:
+        return []
+    hi, lo = int(mask.max()), int(mask.min())
+    if hi == ignore_value:  # the usual case: 255 marks unlabelled pixels
+        hi = int(np.where(mask == ignore_value, lo, mask).max())
+    if lo == ignore_value:
+        lo = int(np.where(mask == ignore_value, hi, mask).min())
+    if hi < num_classes and lo >= 0:
+        return []
+    values = np.unique(mask[(mask >= num_classes) | (mask < 0)])
+    return [int(v) for v in values if int(v) != ignore_value]
+
+
+def check_label_array(mask: np.ndarray, path: str, num_classes: int, ignore_value: int,
+                      image: str = "") -> None:
+    """Raise ``LabelValueError`` naming ``path`` (and its ``image``) when ``mask`` holds a value
+    outside the classes and the ignore value (see :func:`out_of_range_labels`)."""
+    bad = out_of_range_labels(mask, num_classes, ignore_value)
+    if bad:
+        of_image = f" (label of {image!r})" if image else ""
+        raise LabelValueError(
+            f"Mask {path!r}{of_image} holds label value(s) {bad[:8]}"
+            f"{' ...' if len(bad) > 8 else ''} outside 0..{num_classes - 1} "
+            f"(MODEL.SEM_SEG_HEAD.NUM_CLASSES {num_classes}) and the ignore value {ignore_value} "
+            f"(MODEL.SEM_SEG_HEAD.IGNORE_VALUE). {LABEL_HINT}")
+
+
+def check_all_masks(files: Sequence[str], num_classes: int, ignore_value: int,
+                    num_threads: int = 4) -> int:
+    """Read every mask of ``files`` once and raise ``LabelValueError`` naming the first bad one
+    (in the order of ``files``); returns the number checked. PNG decoding releases the GIL, so
+    a few threads read in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def bad_values(f):
+        return out_of_range_labels(read_mask(f), num_classes, ignore_value)
+
+    files = list(files)
+    pool = ThreadPoolExecutor(max_workers=max(1, num_threads))
+    try:
+        for f, bad in zip(files, pool.map(bad_values, files)):
+            if bad:
+                check_label_array(read_mask(f), f, num_classes, ignore_value)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # stop at the first bad mask
+    logger.info("DATASETS.CHECK_LABELS all: %d masks hold only classes 0..%d and %d", len(files),
+                num_classes - 1, ignore_value)
+    return len(files)
 
 
 def _strip_ext(rel: str, ext: str) -> Optional[str]:
