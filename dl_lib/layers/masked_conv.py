@@ -35,13 +35,9 @@ import torch.nn.functional as F
 from dl_lib._ext import compiled_with_cuda, has_compiled_ops
 from dl_lib.analysis.masked_cost import counted_as_masked_conv
 
+from .masked_conv_checks import check_conv_args, check_devices
 from .masked_conv_policy import input_layout, policy_device, use_dense
-from .masked_conv_reference import (
-    _pair,
-    conv_output_size,
-    masked_conv2d_dense,
-    masked_conv2d_keep,
-)
+from .masked_conv_reference import masked_conv2d_dense, masked_conv2d_keep
 
 __all__ = ["masked_conv2d", "MaskedConv2d"]
 
@@ -62,9 +58,17 @@ if _HAS_OPS:
 
         return suggest_memory_format(t)
 
+    def _check_fake_devices(input, **tensors):
+        # A meta (or fake) tensor among real ones dispatches here, not to a kernel that checks.
+        for name, t in tensors.items():
+            torch._check(t is None or t.device == input.device,
+                         lambda: f"masked_conv2d: {name} is on {t.device} but input is on "
+                                 f"{input.device}; move it with {name}.to(input.device)")
+
     @torch.library.register_fake("dl_lib::masked_conv2d")
     def _masked_conv2d_fake(input, weight, bias, mask, stride_h, stride_w, pad_h, pad_w,
                             dilation_h, dilation_w, groups):
+        _check_fake_devices(input, weight=weight, bias=bias, mask=mask)
         torch._check(input.dim() == 4, lambda: "masked_conv2d: input must be 4-D")
         torch._check(weight.dim() == 4, lambda: "masked_conv2d: weight must be 4-D")
         n, _, h, w = input.shape
@@ -77,6 +81,7 @@ if _HAS_OPS:
     @torch.library.register_fake("dl_lib::_masked_conv2d_backward")
     def _masked_conv2d_backward_fake(grad_output, input, weight, mask, stride_h, stride_w, pad_h,
                                      pad_w, dilation_h, dilation_w, groups, output_mask):
+        _check_fake_devices(input, grad_output=grad_output, weight=weight, mask=mask)
         grad_input = grad_weight = grad_bias = None
         if output_mask[0]:
             grad_input = torch.empty_like(input, memory_format=_memory_format(input))
@@ -89,6 +94,7 @@ if _HAS_OPS:
     @torch.library.register_fake("dl_lib::masked_conv2d_out")
     def _masked_conv2d_out_fake(input, weight, bias, mask, stride_h, stride_w, pad_h, pad_w,
                                 dilation_h, dilation_w, groups, out):
+        _check_fake_devices(input, weight=weight, bias=bias, mask=mask, out=out)
         return None  # mutates out, returns nothing
 
 
@@ -114,10 +120,15 @@ def _autocast_dtype(input: torch.Tensor) -> Optional[torch.dtype]:
 
 class _MaskedConv2dKeep(torch.autograd.Function):
     """``masked_conv2d_out`` with gradients: input/weight/bias as the masked op, and the previous
-    values of ``out`` receive grad_output at the inactive positions."""
+    values of ``out`` receive grad_output at the inactive positions.
+
+    ``out`` is the first argument: when it is a view, autograd wraps this node in CopySlices,
+    which routes the node's first gradient to the view's base (with ``out`` fourth, the base
+    got grad_input and input got nothing).
+    """
 
     @staticmethod
-    def forward(ctx, input, weight, bias, mask, out, stride, padding, dilation, groups):
+    def forward(ctx, out, input, weight, bias, mask, stride, padding, dilation, groups):
         torch.ops.dl_lib.masked_conv2d_out(input, weight, bias, mask, stride[0], stride[1],
                                            padding[0], padding[1], dilation[0], dilation[1],
                                            groups, out)
@@ -131,15 +142,15 @@ class _MaskedConv2dKeep(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         input, weight, mask = ctx.saved_tensors
-        need = ctx.needs_input_grad
+        need_out, *need = ctx.needs_input_grad
         output_mask = [need[0], need[1], ctx.has_bias and need[2]]
         grad_input = grad_weight = grad_bias = grad_out = None
         if any(output_mask):
             grad_input, grad_weight, grad_bias = torch.ops.dl_lib._masked_conv2d_backward(
                 grad_output, input, weight, mask, *ctx.conv_args, output_mask)
-        if need[4]:
+        if need_out:
             grad_out = grad_output.masked_fill(mask, 0)
-        return grad_input, grad_weight, grad_bias, None, grad_out, None, None, None, None
+        return grad_out, grad_input, grad_weight, grad_bias, None, None, None, None, None
 
 
 def _check_out(out: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, out_hw) -> None:
@@ -251,18 +262,14 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         turns it off), ``torch.ops.dl_lib._masked_conv2d_output_pool(True)`` frees it, and such
         outputs cannot be resized in place.
     """
-    if input.dim() != 4 or weight.dim() != 4:
-        raise ValueError(f"masked_conv2d: input and weight must be 4-D, got input "
-                         f"{tuple(input.shape)} and weight {tuple(weight.shape)}")
+    # Every argument is checked before any path runs (masked_conv_checks.py).
+    check_devices(input, weight, bias, mask, out)
     autocast_dtype = _autocast_dtype(input)
     if autocast_dtype is not None:
         return _masked_conv2d_autocast(input, weight, bias, mask, stride, padding, dilation,
                                        groups, dense_fallback, out, autocast_dtype)
-    if weight.dtype != input.dtype:
-        raise TypeError(f"masked_conv2d: weight dtype {weight.dtype} differs from input dtype "
-                        f"{input.dtype}")
-    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    out_hw = conv_output_size(input.shape[-2:], weight.shape[-2:], stride, padding, dilation)
+    stride, padding, dilation, out_hw = check_conv_args(input, weight, bias, stride, padding,
+                                                        dilation, groups)
     mask = _prepare_mask(mask, input, out_hw)
     if out is not None:
         _check_out(out, input, weight, out_hw)
@@ -284,7 +291,7 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         if not _has_kernel(input):
             return out.copy_(masked_conv2d_keep(input, weight, bias, mask, out, stride, padding,
                                                 dilation, groups))
-        return _MaskedConv2dKeep.apply(input, weight, bias, mask, out, stride, padding, dilation,
+        return _MaskedConv2dKeep.apply(out, input, weight, bias, mask, stride, padding, dilation,
                                        groups)
     if not _has_kernel(input):
         return masked_conv2d_dense(input, weight, bias, mask, stride, padding, dilation, groups)

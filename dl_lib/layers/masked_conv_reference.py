@@ -34,8 +34,13 @@ def _pair(v: IntPair) -> Tuple[int, int]:
 
 def conv_output_size(size: Sequence[int], kernel_size: IntPair, stride: IntPair = 1,
                      padding: IntPair = 0, dilation: IntPair = 1) -> Tuple[int, int]:
-    """(Ho, Wo) of a convolution of an input of spatial ``size`` (H, W)."""
+    """(Ho, Wo) of a convolution of an input of spatial ``size`` (H, W); < 1 where the dilated
+    kernel does not fit the padded input (:func:`masked_conv2d` refuses those)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(_pair, (kernel_size, stride, padding, dilation))
+    if min(sh, sw, dh, dw) <= 0:
+        # Not a bare ZeroDivisionError (stride 0) or a silently wrong size (negative values).
+        raise ValueError(f"conv_output_size: stride {(sh, sw)} and dilation {(dh, dw)} must be "
+                         f"positive; use values >= 1")
     h, w = size
     return ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
 

@@ -40,6 +40,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "masked_conv/check_args.h"
 #include "masked_conv/cpu/implicit_gemm.h"
 #include "masked_conv/cpu/output_pool.h"
 #include "masked_conv/cpu/packed_weight_cache.h"
@@ -91,6 +92,8 @@ Geometry check_and_describe(
     const char* fn, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& mask,
     int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
     int64_t dilation_w, int64_t groups) {
+  check_masked_conv_args(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                         dilation_w, groups);
   TORCH_CHECK(input.dim() == 4, fn, ": input must be N x C x H x W, got shape ", input.sizes());
   TORCH_CHECK(weight.dim() == 4, fn, ": weight must be O x C/groups x kh x kw, got shape ",
               weight.sizes());
@@ -763,6 +766,7 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
 at::Tensor checked_bias(const char* fn, const std::optional<at::Tensor>& bias, const Geometry& g,
                         const at::Tensor& input) {
   if (!bias.has_value() || !bias->defined()) return at::Tensor();
+  check_masked_conv_bias(fn, bias, input, g.O);
   TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.O && bias->scalar_type() ==
                   input.scalar_type(),
               fn, ": bias must be a 1-D tensor of ", g.O, " ", input.scalar_type(),
@@ -825,6 +829,7 @@ void masked_conv2d_out_cpu_impl(
   const Geometry g = check_and_describe(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w,
                                         dilation_h, dilation_w, groups);
   const at::Tensor b = checked_bias(fn, bias, g, input);
+  check_like_input(fn, "out", out, input, /*same_dtype=*/true);
   TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == input.scalar_type(), fn,
               ": out must be a CPU ", input.scalar_type(), " tensor like input, got ",
               out.scalar_type(), " on ", out.device());
@@ -1029,6 +1034,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu_impl(
   const Geometry g = check_and_describe("_masked_conv2d_backward (CPU)", input, weight, mask,
                                         stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
                                         groups);
+  // Any float dtype: converted to the input's below.
+  check_like_input("_masked_conv2d_backward (CPU)", "grad_output", grad_output, input,
+                   /*same_dtype=*/false);
   TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.N && grad_output.size(1) == g.O &&
                   grad_output.size(2) == g.Ho && grad_output.size(3) == g.Wo,
               "_masked_conv2d_backward (CPU): grad_output must have shape (", g.N, ", ", g.O, ", ",

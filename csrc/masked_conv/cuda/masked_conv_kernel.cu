@@ -54,6 +54,7 @@
 #include <limits>
 #include <tuple>
 
+#include "masked_conv/check_args.h"
 #include "masked_conv/masked_conv.h"
 
 namespace dl_lib {
@@ -655,6 +656,10 @@ Geom check_and_geometry(
     const char* fn, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& mask,
     int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
     int64_t dilation_w, int64_t groups) {
+  // Device-independent checks first: a CPU input with a CUDA weight lands here and is told to
+  // move the weight, not that the input must be on CUDA.
+  check_masked_conv_args(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                         dilation_w, groups);
   TORCH_CHECK(input.is_cuda(), fn, ": `input` must be a CUDA tensor, got device ", input.device());
   TORCH_CHECK(input.dim() == 4, fn, ": `input` must be N x C x H x W, got shape ", input.sizes());
   TORCH_CHECK(weight.dim() == 4, fn, ": `weight` must be O x C/groups x kh x kw, got shape ",
@@ -761,6 +766,7 @@ namespace {
 at::Tensor checked_bias(const char* fn, const std::optional<at::Tensor>& bias, const Geom& g,
                         const at::Tensor& input) {
   if (!bias.has_value() || !bias->defined()) return at::Tensor();
+  check_masked_conv_bias(fn, bias, input, g.O);
   TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.O, fn, ": `bias` must have shape [", g.O,
               "], got ", bias->sizes());
   TORCH_CHECK(bias->device() == input.device(), fn, ": `bias` is on ", bias->device(),
@@ -836,6 +842,7 @@ void masked_conv2d_out_cuda(
   const Geom g = check_and_geometry(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w,
                                     dilation_h, dilation_w, groups);
   const at::Tensor bias_c = checked_bias(fn, bias, g, input);
+  check_like_input(fn, "out", out, input, /*same_dtype=*/true);
   TORCH_CHECK(out.device() == input.device() && out.scalar_type() == input.scalar_type(), fn,
               ": `out` must be a ", input.scalar_type(), " tensor on ", input.device(),
               " like `input`, got ", out.scalar_type(), " on ", out.device());
