@@ -9,6 +9,7 @@ import torch.utils.data as torchdata
 
 from dl_lib.data.catalog import DatasetCatalog
 from dl_lib.data.common import DatasetFromList, MapDataset
+from dl_lib.data.datasets.common import check_all_masks
 from dl_lib.data.mapper import SemSegDatasetMapper
 from dl_lib.data.samplers import InferenceSampler, TrainingSampler
 from dl_lib.utils import comm
@@ -68,6 +69,9 @@ def build_train_loader(cfg, mapper: Optional[Callable] = None, seed: Optional[in
     ``cfg.SEED`` when >= 0, else a seed shared by all processes.
     """
     dicts = get_dataset_dicts(cfg.DATASETS.TRAIN)
+    if cfg.DATASETS.CHECK_LABELS == "all":  # every mask once, before the first iteration
+        check_all_masks([d["sem_seg_file_name"] for d in dicts if d.get("sem_seg_file_name")],
+                        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
     dataset = MapDataset(DatasetFromList(dicts, copy=False),
                          mapper if mapper is not None else SemSegDatasetMapper(cfg, True))
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
