@@ -137,7 +137,35 @@ def move_run_aside(output_dir: str) -> Optional[str]:
     os.makedirs(target)
     for name in entries:
         os.rename(os.path.join(output_dir, name), os.path.join(target, name))
+    _reopen_log_files_in(output_dir)
     return target
+
+
+def _reopen_log_files_in(folder: str) -> None:
+    """Point this process's log handlers writing into ``folder`` at fresh files of the same name.
+
+    A run earlier in this process (tests, notebooks: ``main_train`` called twice) left handlers
+    whose open files just moved with the old run; without this, the new run would log there.
+    """
+    from dl_lib.utils import logger as log_setup
+
+    prefix = os.path.abspath(folder) + os.sep
+    reopened, old_streams = {}, []
+    loggers = [logging.getLogger()] + [logging.getLogger(n)
+                                       for n in list(logging.Logger.manager.loggerDict)]
+    for lg in loggers:
+        for handler in getattr(lg, "handlers", []):
+            name = getattr(getattr(handler, "stream", None), "name", None)
+            if (isinstance(handler, logging.StreamHandler) and isinstance(name, str)
+                    and os.path.abspath(name).startswith(prefix)):
+                if name not in reopened:
+                    reopened[name] = open(name, "a", buffering=1)
+                old_streams.append(handler.setStream(reopened[name]))
+    for stream in old_streams:  # after the loop: handlers share one stream per file
+        if stream is not None:
+            stream.close()
+    if reopened:  # its cached streams are the closed ones
+        log_setup._cached_log_stream.cache_clear()
 
 
 def prepare_training_dir(output_dir: str, resume: bool, overwrite: bool,
