@@ -67,7 +67,8 @@ def main(argv=None) -> int:
     for vis in glob.glob(os.path.join(cfg.OUTPUT_DIR, "**", "vis"), recursive=True):
         shutil.rmtree(vis, ignore_errors=True)
 
-    cmd = _train_command() + ["--num-gpus", "1"] + list(args.opts)
+    # --overwrite: a demo trains from scratch; an earlier demo run moves to <OUTPUT_DIR>.old-<time>/
+    cmd = _train_command() + ["--num-gpus", "1", "--overwrite"] + list(args.opts)
     print(f"[demo] training: (cd {folder} && {' '.join(cmd)})", flush=True)
     t_train = time.time()
     proc = subprocess.run(cmd, cwd=folder)
