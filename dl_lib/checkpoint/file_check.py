@@ -8,8 +8,10 @@ anyway (truncated, corrupted) into one message naming the path, its size and the
 """
 import os
 import struct
+import zipfile
 
-__all__ = ["CheckpointReadError", "check_torch_file", "unreadable_checkpoint_error"]
+__all__ = ["CheckpointReadError", "check_torch_file", "check_weights_file",
+           "unreadable_checkpoint_error"]
 
 # torch.save's formats: a zip archive (default since torch 1.6), or the legacy pickle stream that
 # starts with the pickled magic number 0x1950a86a20f9469cfc6c (protocol 2, LONG1 of 10 bytes).
@@ -48,7 +50,14 @@ def check_torch_file(path: str, shown_as: str = "") -> None:
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(256)
-    if head.startswith(_ZIP_MAGIC) or head.startswith(_LEGACY_MAGIC):
+    if head.startswith(_ZIP_MAGIC):
+        if zipfile.is_zipfile(path):  # reads the end of the file only
+            return
+        raise CheckpointReadError(
+            f"{name} is a truncated or corrupted torch checkpoint ({size} bytes: a zip archive "
+            "without its end record, e.g. an interrupted copy or a save killed midway). Copy or "
+            f"download it again, or use an earlier checkpoint. {_FIX}")
+    if head.startswith(_LEGACY_MAGIC):
         return
     if size == 0:
         what = "is empty (0 bytes; an interrupted copy or download?)"
@@ -81,3 +90,10 @@ def unreadable_checkpoint_error(path: str, error: BaseException, shown_as: str =
         f"{name} is a truncated or corrupted torch checkpoint ({size}; torch.load raised "
         f"{reason}). Copy or download it again, or use an earlier "
         f"checkpoint. {_FIX}")
+
+
+def check_weights_file(path: str) -> None:
+    """:func:`check_torch_file` for ``MODEL.WEIGHTS`` when it is a local file (URIs, "none" and
+    "" are left to the loader): what ``dl_train`` / ``dl_test`` check before they start."""
+    if path and os.path.isfile(path):
+        check_torch_file(path)

@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 
 from dl_lib import playground
 from dl_lib.analysis import CONVENTIONS, count_parameters, flop_count, flop_table
+from dl_lib.checkpoint import CheckpointReadError
 from dl_lib.config import ConfigError
 
 __all__ = ["main", "build_parser", "report"]
@@ -77,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      "every --flag before the overrides")
     try:
         cfg, model = playground.build(args.playground, args.opts)
-    except (playground.PlaygroundError, ConfigError) as e:
+    except (playground.PlaygroundError, ConfigError, CheckpointReadError) as e:
         parser.exit(2, f"dl_flops: error: {e}\n")
     size = list(args.size) if args.size else list(cfg.INPUT.FIX_SIZE_FOR_FLOPS)
     if len(size) != 2 or min(size) <= 0:

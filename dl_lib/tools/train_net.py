@@ -39,6 +39,7 @@ from typing import Optional, Sequence, Tuple
 from dl_lib import playground
 from dl_lib.checkpoint import apply_checkpoint_architecture
 from dl_lib.checkpoint.checkpointer import readable_resume_checkpoint
+from dl_lib.checkpoint.file_check import CheckpointReadError, check_weights_file
 from dl_lib.config import ConfigError
 from dl_lib.config.checks import check_device_available
 from dl_lib.engine import DefaultTrainer, default_argument_parser, default_setup, launch
@@ -202,6 +203,7 @@ def main(argv: Optional[Sequence[str]] = None, eval_only: bool = False,
         args.playground = playground.find_playground(args.playground)
         cfg = playground.load_config(args.playground, args.opts)  # checks the values too
         check_device_available(cfg)  # one line, not a CUDA traceback per process
+        check_weights_file(cfg.MODEL.WEIGHTS)  # a text / empty / truncated file: one line too
         if args.eval_only:
             run_dir = inference_output_dir(
                 cfg.OUTPUT_DIR, weights_to_evaluate(cfg, args.resume, args.random_weights))
@@ -215,7 +217,8 @@ def main(argv: Optional[Sequence[str]] = None, eval_only: bool = False,
                 if args.moved_aside:
                     print(f"{prog}: --overwrite: moved the earlier run in {run_dir} to "
                           f"{args.moved_aside}", file=sys.stderr)
-    except (playground.PlaygroundError, ConfigError, MissingWeightsError, RunDirError) as e:
+    except (playground.PlaygroundError, ConfigError, MissingWeightsError, RunDirError,
+            CheckpointReadError) as e:
         if isinstance(lock, RunLock):
             lock.release()
         parser.exit(2, f"{prog}: error: {e}\n")

@@ -1,6 +1,7 @@
 """Bad MODEL.WEIGHTS files: each stops with one message naming the file and what it is, and the
 file itself is left as it was. In-process, on tiny models (see docs/RELIABILITY.md)."""
 import os
+import re
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from torch import nn
 
 from dl_lib.checkpoint import Checkpointer, CheckpointReadError, IncompatibleCheckpointError
 from dl_lib.checkpoint.architecture import architecture_overrides
-from dl_lib.tools import train_net
+from dl_lib.tools import flops, train_net
 
 
 def _model():
@@ -84,13 +85,19 @@ def test_half_matching_weights_still_initialise(tmp_path):
     assert torch.equal(model[0].weight, source[0].weight)
 
 
-def test_dl_train_with_a_text_file_as_weights_stops_before_writing(toy_playground, tmp_path):
-    text = tmp_path / "weights.pth"
-    text.write_text("<html>404 Not Found</html>\n")
-    with pytest.raises(CheckpointReadError, match=r"weights\.pth is a text file"):
-        train_net.main_train(["--playground", toy_playground, "MODEL.WEIGHTS", str(text)])
-    out = tmp_path / "output" / "Toy" / "Tiny"
-    assert not list(out.glob("*.pth")) and not (out / "last_checkpoint").exists()
+@pytest.mark.parametrize("kind", ["text", "truncated"])
+@pytest.mark.parametrize("tool", ["dl_train", "dl_test", "dl_flops"])
+def test_cli_with_a_bad_weights_file_exits_2_before_writing(toy_playground, tmp_path, capsys,
+                                                            tool, kind):
+    path, pattern = _bad_files(tmp_path)[kind]
+    main = {"dl_train": train_net.main_train, "dl_test": train_net.main_test,
+            "dl_flops": flops.main}[tool]
+    with pytest.raises(SystemExit) as e:
+        main(["--playground", toy_playground, "MODEL.WEIGHTS", path])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and path in err and re.search(pattern, err), err
+    assert not (tmp_path / "output").exists()  # no run folder, config.yaml or log
 
 
 def test_dl_train_with_a_torchvision_file_stops(toy_playground, tmp_path, torchvision_resnet18):
