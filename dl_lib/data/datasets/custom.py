@@ -18,7 +18,10 @@ def register_sem_seg(name: str, image_root: str, gt_root: str, classes: Sequence
     Masks are single-channel PNGs (mode L, or P read as palette indices) holding class indices
     ``0..len(classes)-1`` and ``ignore_label``. Nothing is read until ``DatasetCatalog.get(name)``;
     then a missing folder, an image without mask, or a mask value outside the classes (checked on
-    the first few masks) is an error naming the file.
+    the first few masks; ``check_labels=False`` skips that) is an error naming the file. The
+    training mapper checks every mask it reads as well, and ``DATASETS.CHECK_LABELS all`` reads
+    all of them before training (``dl_lib.data.datasets.common.check_all_masks``); the config's
+    ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` / ``IGNORE_VALUE`` must match ``classes`` / ``ignore_label``.
     """
     classes = list(classes)
     if not classes:
