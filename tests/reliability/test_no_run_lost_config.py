@@ -35,6 +35,10 @@ def test_resume_keeps_config_and_records_a_changed_one(toy_playground, tmp_path)
     original = (out / "config.yaml").read_bytes()
     assert yaml.safe_load(original)["SOLVER"]["LR_SCHEDULER"]["MAX_ITER"] == 2
 
+    # The same config: nothing new is written (the run already reached MAX_ITER 2).
+    train_net.main_train(["--resume"] + opts + ["SOLVER.LR_SCHEDULER.MAX_ITER", "2"])
+    assert sorted(p.name for p in out.glob("config*.yaml")) == ["config.yaml"]
+
     train_net.main_train(["--resume"] + opts + ["SOLVER.LR_SCHEDULER.MAX_ITER", "4"])
     assert (out / "config.yaml").read_bytes() == original
     changed = yaml.safe_load((out / "config.resume-2.yaml").read_text())
