@@ -34,7 +34,9 @@ __all__ = ["OpCase", "OpSpec", "BadArgument", "register_op", "registered_ops", "
            "LAYOUTS", "examples", "check_against_reference", "check_gradcheck",
            "check_bad_argument", "run_raw_bad_arguments"]
 
-# Modules whose import registers op specs; a new compiled op adds its own here.
+# Modules whose import registers op specs; a new compiled op adds its own here. Out-of-tree ops
+# (and the harness's self-test) name theirs in DL_LIB_OP_FUZZ_SPECS (comma-separated), which the
+# subprocess of the raw bad-argument cases inherits.
 SPEC_MODULES = ("dl_lib.testing.masked_conv_specs",)
 
 # Memory layouts every tensor named in OpSpec.layout_inputs is tried in.
@@ -115,9 +117,10 @@ def register_op(spec: OpSpec) -> OpSpec:
 
 
 def registered_ops() -> List[OpSpec]:
-    """Every registered spec (importing SPEC_MODULES first), sorted by name."""
-    for module in SPEC_MODULES:
-        importlib.import_module(module)
+    """Every registered spec (importing SPEC_MODULES and DL_LIB_OP_FUZZ_SPECS first), by name."""
+    extra = [m for m in os.environ.get("DL_LIB_OP_FUZZ_SPECS", "").split(",") if m.strip()]
+    for module in (*SPEC_MODULES, *extra):
+        importlib.import_module(module.strip())
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
