@@ -85,9 +85,12 @@ def _weights_and_source(cfg, resume: bool = False, random_weights: bool = False
     pointer = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
     last = _last_checkpoint(cfg.OUTPUT_DIR) if resume or not weights else ""
     if last and not os.path.isfile(last):
-        raise MissingWeightsError(
-            f"{pointer} names {os.path.basename(last)}, which does not exist ({last}). Give the "
-            "checkpoint to evaluate: `dl_test MODEL.WEIGHTS path/to/model_final.pth`.")
+        complete = readable_resume_checkpoint(cfg.OUTPUT_DIR)
+        hint = (f"The newest complete checkpoint there is {complete}: `dl_test MODEL.WEIGHTS "
+                f"{complete}`." if complete else "Give the checkpoint to evaluate: `dl_test "
+                "MODEL.WEIGHTS path/to/model_final.pth`.")
+        raise MissingWeightsError(f"{pointer} names {os.path.basename(last)}, which does not "
+                                  f"exist ({last}). {hint}")
     if last:
         return last, f"the checkpoint {pointer} names"
     if weights:
@@ -205,8 +208,9 @@ def main(argv: Optional[Sequence[str]] = None, eval_only: bool = False,
         check_device_available(cfg)  # one line, not a CUDA traceback per process
         check_weights_file(cfg.MODEL.WEIGHTS)  # a text / empty / truncated file: one line too
         if args.eval_only:
-            run_dir = inference_output_dir(
-                cfg.OUTPUT_DIR, weights_to_evaluate(cfg, args.resume, args.random_weights))
+            weights = weights_to_evaluate(cfg, args.resume, args.random_weights)
+            check_weights_file(weights)  # also the file last_checkpoint names
+            run_dir = inference_output_dir(cfg.OUTPUT_DIR, weights)
         else:
             run_dir = cfg.OUTPUT_DIR
         if _owns_output_dir(args):
