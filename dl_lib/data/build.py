@@ -11,11 +11,11 @@ from dl_lib.data.catalog import DatasetCatalog
 from dl_lib.data.common import DatasetFromList, MapDataset
 from dl_lib.data.datasets.common import check_all_masks
 from dl_lib.data.mapper import SemSegDatasetMapper
-from dl_lib.data.samplers import InferenceSampler, TrainingSampler
+from dl_lib.data.samplers import InferenceSampler, SeededDataset, TrainingSampler
 from dl_lib.utils import comm
 
 __all__ = ["build_train_loader", "build_test_loader", "get_dataset_dicts", "trivial_batch_collator",
-           "worker_init_reset_seed"]
+           "worker_init_reset_seed", "seek_train_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,27 +67,52 @@ def build_train_loader(cfg, mapper: Optional[Callable] = None, seed: Optional[in
 
     ``mapper`` defaults to ``SemSegDatasetMapper(cfg, is_train=True)``; ``seed`` to
     ``cfg.SEED`` when >= 0, else a seed shared by all processes.
+
+    Reproducible and resumable: the order comes from a :class:`TrainingSampler` and each item
+    is mapped under a seed of its stream position (:class:`SeededDataset`), so a given
+    ``(seed, iteration)`` always gives the same augmented batch, whatever ``NUM_WORKERS``;
+    :func:`seek_train_loader` makes a fresh loader continue at a given iteration.
     """
     dicts = get_dataset_dicts(cfg.DATASETS.TRAIN)
     if cfg.DATASETS.CHECK_LABELS == "all":  # every mask once, before the first iteration
         check_all_masks([d["sem_seg_file_name"] for d in dicts if d.get("sem_seg_file_name")],
                         cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
-    dataset = MapDataset(DatasetFromList(dicts, copy=False),
-                         mapper if mapper is not None else SemSegDatasetMapper(cfg, True))
+    dataset = SeededDataset(MapDataset(DatasetFromList(dicts, copy=False),
+                                       mapper if mapper is not None else SemSegDatasetMapper(cfg, True)))
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         raise ValueError(f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r} is unknown; "
                          "available: 'TrainingSampler'")
     if seed is None and cfg.SEED >= 0:
         seed = cfg.SEED
-    sampler = TrainingSampler(len(dataset), shuffle=True, seed=seed)
+    sampler = TrainingSampler(len(dataset), shuffle=True, seed=seed, item_seeds=True)
     batch = _per_process_batch(cfg)
     logger.info("Train loader: %d images from %s, %d per process per iteration",
                 len(dicts), list(cfg.DATASETS.TRAIN), batch)
+    # Its own generator: iter() draws the workers' base seed from it instead of from torch's
+    # global RNG, which would shift the model's random numbers (dropout) after a resume.
+    generator = torch.Generator()
+    generator.manual_seed(sampler.seed)
     return torchdata.DataLoader(
         dataset, batch_size=batch, sampler=sampler, drop_last=True,
         num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=trivial_batch_collator,
-        worker_init_fn=worker_init_reset_seed,
+        worker_init_fn=worker_init_reset_seed, generator=generator,
         persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0)
+
+
+def seek_train_loader(loader, iteration: int) -> bool:
+    """Make the next ``iter(loader)`` start at the batch of ``iteration`` (call before training
+    iterates it, e.g. after a resume): its sampler skips ``iteration`` batches of every process.
+
+    ``loader``: a ``DataLoader`` over a :class:`TrainingSampler` with a fixed batch size (what
+    :func:`build_train_loader` returns). Returns False, changing nothing, for any other loader
+    (e.g. a playground's own), whose order then restarts from its beginning.
+    """
+    sampler = getattr(loader, "sampler", None)
+    batch = getattr(loader, "batch_size", None)
+    if not isinstance(sampler, TrainingSampler) or not batch:
+        return False
+    sampler.set_start(int(iteration) * batch * sampler.world_size)
+    return True
 
 
 def _test_batch_size(cfg) -> int:

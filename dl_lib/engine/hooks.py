@@ -216,6 +216,15 @@ class PreciseBN(HookBase):
         if self._disabled:
             logger.info("PreciseBN is disabled: the model has no BatchNorm layer in training mode.")
 
+    def before_train(self):
+        # After a resume, continue the loader where the updates before start_iter left it (each
+        # took num_iter batches), so the statistics equal those of an uninterrupted run.
+        done = self.trainer.start_iter // self._period if self._period > 0 else 0
+        if done and self._data_iter is None:
+            from dl_lib.data.build import seek_train_loader
+
+            seek_train_loader(self._data_loader, done * self._num_iter)
+
     def after_step(self):
         next_iter = self.trainer.iter + 1
         is_final = next_iter == self.trainer.max_iter

@@ -15,8 +15,9 @@ import torch
 
 from dl_lib.utils import comm
 from dl_lib.utils.events import EventStorage, get_event_storage
+from dl_lib.utils.rng import derive_seed, seed_global_rngs
 
-__all__ = ["HookBase", "TrainerBase", "SimpleTrainer"]
+__all__ = ["HookBase", "TrainerBase", "SimpleTrainer", "StorageCheckpointable"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class TrainerBase:
         start_iter: the first iteration of this run (``resume_or_load`` may change it).
         max_iter: training stops before this iteration.
         storage: the ``EventStorage`` of this run.
+        iteration_seed: when not None, every iteration starts by seeding Python, NumPy and
+            torch with ``derive_seed(iteration_seed, rank, iter)``, so the randomness of an
+            iteration (dropout, random routing) is the same after a resume as without one.
     """
 
     def __init__(self) -> None:
@@ -76,6 +80,8 @@ class TrainerBase:
         self.start_iter: int = 0
         self.max_iter: int = 0
         self.storage: Optional[EventStorage] = None
+        self.iteration_seed: Optional[int] = None
+        self._storage_state: Optional[dict] = None  # restored into the next run's storage
 
     def register_hooks(self, hooks: List[Optional[HookBase]]) -> None:
         """Add hooks (``None`` entries are skipped); they run in the given order."""
@@ -91,6 +97,9 @@ class TrainerBase:
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
         with EventStorage(start_iter) as self.storage:
+            if self._storage_state:  # the metric histories of the checkpoint resumed from
+                self.storage.load_state_dict(self._storage_state)
+                self._storage_state = None
             try:
                 self.before_train()
                 for self.iter in range(start_iter, max_iter):
@@ -118,6 +127,8 @@ class TrainerBase:
     def before_step(self) -> None:
         # Writers and hooks read the storage's iteration, so keep it in sync before anything.
         self.storage.iter = self.iter
+        if self.iteration_seed is not None:
+            seed_global_rngs(derive_seed(self.iteration_seed, comm.get_rank(), self.iter))
         for h in self._hooks:
             h.before_step()
 
@@ -152,6 +163,22 @@ class TrainerBase:
                     break
             else:
                 logger.warning(f"No hook of type {key} to restore its state into.")
+
+
+class StorageCheckpointable:
+    """The trainer's metric histories as a checkpointable (``Checkpointer(..., storage=this)``):
+    saved from the live ``EventStorage``, restored into the storage of the next ``train()``,
+    so smoothed values (medians over the last iterations) continue exactly after a resume."""
+
+    def __init__(self, trainer: TrainerBase):
+        self._trainer = weakref.proxy(trainer)
+
+    def state_dict(self) -> dict:
+        storage = self._trainer.storage
+        return storage.state_dict() if storage is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._trainer._storage_state = state
 
 
 _AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -52,6 +52,7 @@ class EventStorage:
         self._smoothing_hints: Dict[str, bool] = {}
         self._latest_scalars: Dict[str, Tuple[float, int]] = {}
         self._iter = start_iter
+        self._start_iter = start_iter
         self._current_prefix = ""
         self._vis_data: List[Tuple[str, torch.Tensor, int]] = []
 
@@ -123,6 +124,11 @@ class EventStorage:
         self._iter = int(val)
 
     @property
+    def start_iter(self) -> int:
+        """The first iteration of this run (after a resume: the one after the checkpoint's)."""
+        return self._start_iter
+
+    @property
     def iteration(self) -> int:  # detectron2 spelling
         return self._iter
 
@@ -139,6 +145,30 @@ class EventStorage:
         finally:
             self._current_prefix = old
 
+    # ---- checkpointing ---------------------------------------------------------------------
+    def state_dict(self, max_values: int = 1000) -> dict:
+        """The last ``max_values`` values of every scalar's history (with their iterations,
+        running averages and smoothing hints), so that the medians written after a resume equal
+        those of an uninterrupted run. Tensors and plain values: loads with weights_only."""
+        histories = {}
+        for name, buf in self._history.items():
+            pairs = buf.values()[-max_values:]
+            histories[name] = {
+                "values": torch.tensor([v for v, _ in pairs], dtype=torch.float64),
+                "iters": torch.tensor([i for _, i in pairs], dtype=torch.float64),
+                "count": buf._count, "global_avg": float(buf._global_avg)}
+        return {"histories": histories, "smoothing_hints": dict(self._smoothing_hints)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the histories of :meth:`state_dict`; ``latest()`` stays empty, so writers
+        only write what this run records."""
+        for name, h in state.get("histories", {}).items():
+            buf = HistoryBuffer()
+            buf._data = [(float(v), _as_iter(i)) for v, i in zip(h["values"].tolist(), h["iters"].tolist())]
+            buf._count, buf._global_avg = int(h["count"]), float(h["global_avg"])
+            self._history[name] = buf
+        self._smoothing_hints.update(state.get("smoothing_hints", {}))
+
     def __enter__(self) -> "EventStorage":
         _CURRENT_STORAGE_STACK.append(self)
         return self
@@ -146,6 +176,10 @@ class EventStorage:
     def __exit__(self, exc_type, exc_val, exc_tb) -> None:
         assert _CURRENT_STORAGE_STACK[-1] is self
         _CURRENT_STORAGE_STACK.pop()
+
+
+def _as_iter(i: float):
+    return int(i) if float(i).is_integer() else i
 
 
 class EventWriter:
@@ -164,16 +198,40 @@ class JSONWriter(EventWriter):
     Each line is ``{"iteration": i, name: value, ...}`` holding every scalar recorded at that
     iteration since the previous write; smoothed scalars are medians over ``window_size``.
     Read back with ``[json.loads(l) for l in open(path)]``.
+
+    The file is opened on the first write: lines of iterations at or after the storage's
+    ``start_iter`` are then removed (atomically), since this run computes those iterations
+    again: after ``--resume`` each iteration appears once, and a new run from 0 starts a new file.
     """
 
     def __init__(self, json_file: str, window_size: int = 20):
         os.makedirs(os.path.dirname(os.path.abspath(json_file)), exist_ok=True)
-        self._file = open(json_file, "a")
+        self._path = json_file
+        self._file = None
         self._window_size = window_size
         self._last_write = -1
 
+    def _open(self, start_iter: int) -> None:
+        if os.path.exists(self._path):
+            with open(self._path) as f:
+                lines = f.readlines()
+            kept = [l for l in lines if _line_iteration(l) < start_iter]
+            if len(kept) != len(lines):
+                logging.getLogger(__name__).info(
+                    f"{self._path}: removed {len(lines) - len(kept)} lines of iterations >= "
+                    f"{start_iter}, which this run computes again")
+                tmp = f"{self._path}.tmp.{os.getpid()}"
+                with open(tmp, "w") as f:
+                    f.writelines(kept if not kept or kept[-1].endswith("\n")
+                                 else kept[:-1] + [kept[-1] + "\n"])
+                os.replace(tmp, self._path)
+        self._file = open(self._path, "a")
+        self._last_write = max(self._last_write, start_iter - 1)
+
     def write(self) -> None:
         storage = get_event_storage()
+        if self._file is None:
+            self._open(storage.start_iter)
         by_iter: Dict[int, Dict[str, float]] = defaultdict(dict)
         for k, (v, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
             if itr > self._last_write:  # each iteration's values are written once
@@ -190,21 +248,41 @@ class JSONWriter(EventWriter):
         self._last_write = max(by_iter)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+
+
+def _line_iteration(line: str) -> float:
+    """The iteration of a metrics.json line; a line cut short by a kill counts as after every
+    iteration (it is removed)."""
+    try:
+        return float(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 class TensorboardXWriter(EventWriter):
-    """Writes scalars and queued images to TensorBoard event files in ``log_dir``."""
+    """Writes scalars and queued images to TensorBoard event files in ``log_dir``.
+
+    The event file is created on the first write with ``purge_step`` = the storage's
+    ``start_iter`` (when > 0): TensorBoard then hides the events of older files at iterations a
+    resumed run computes again (the files themselves are kept)."""
 
     def __init__(self, log_dir: str, window_size: int = 20, **kwargs):
-        from torch.utils.tensorboard import SummaryWriter  # heavy import, only when used
-
-        self._writer = SummaryWriter(log_dir, **kwargs)
+        self._log_dir, self._kwargs = log_dir, kwargs
+        self._writer = None
         self._window_size = window_size
         self._last_write = -1
 
     def write(self) -> None:
         storage = get_event_storage()
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # heavy import, only when used
+
+            kwargs = dict(self._kwargs)
+            if storage.start_iter > 0:
+                kwargs.setdefault("purge_step", storage.start_iter)
+            self._writer = SummaryWriter(self._log_dir, **kwargs)
         new_last = self._last_write
         for k, (v, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
             if itr > self._last_write:
@@ -218,7 +296,8 @@ class TensorboardXWriter(EventWriter):
         self._writer.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class CommonMetricPrinter(EventWriter):
