@@ -90,7 +90,15 @@ class RunLock:
             return
         self._file.seek(0)
         self._file.truncate()
-        self._file.close()  # closing drops the flock
+        try:
+            import fcntl
+
+            # Explicitly: forked children (data-loader workers) share the open file, so closing
+            # this descriptor alone would not drop the lock while they live.
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+        except ImportError:
+            pass
+        self._file.close()
         self._file = None
 
     def __enter__(self) -> "RunLock":
