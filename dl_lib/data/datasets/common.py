@@ -81,19 +81,36 @@ LABEL_HINT = (
     "dataset's. DATASETS.CHECK_LABELS all checks every training mask before training starts.")
 
 
+def _has_value_in(mask: np.ndarray, lo: int, hi: int) -> bool:
+    """Whether a uint8 ``mask`` holds a value in ``[lo, hi]``: one subtraction that wraps around
+    (``v - lo`` mod 256 is ``<= hi - lo`` exactly for those values) and one min, no copy of
+    booleans, no sort."""
+    return lo <= hi and int(np.subtract(mask, np.uint8(lo)).min()) <= hi - lo
+
+
 def out_of_range_labels(mask: np.ndarray, num_classes: int, ignore_value: int) -> List[int]:
     """The values of ``mask`` that are neither in ``0..num_classes-1`` nor ``ignore_value``
-    (sorted, ``[]`` when it is clean). Cheap when clean: a max and a min over the mask (plus one
-    masked max when the ignore value is the largest), no sort."""
+    (sorted, ``[]`` when it is clean). Cheap when clean, what every sample pays: for uint8 masks
+    two passes of a subtraction and a min (~1 ms for 1024x2048); other types a max and a min
+    (plus a masked max when the ignore value is the extreme). Sorting happens only on an error."""
     if mask.size == 0:
         return []
-    hi, lo = int(mask.max()), int(mask.min())
-    if hi == ignore_value:  # the usual case: 255 marks unlabelled pixels
-        hi = int(np.where(mask == ignore_value, lo, mask).max())
-    if lo == ignore_value:
-        lo = int(np.where(mask == ignore_value, hi, mask).min())
-    if hi < num_classes and lo >= 0:
-        return []
+    if mask.dtype == np.uint8 and 0 <= ignore_value <= 255:
+        if ignore_value >= num_classes:
+            clean = not (_has_value_in(mask, num_classes, ignore_value - 1)
+                         or _has_value_in(mask, ignore_value + 1, 255))
+        else:  # the ignore value is a class index: any value >= num_classes is bad
+            clean = num_classes > 255 or int(mask.max()) < num_classes
+        if clean:
+            return []
+    else:
+        hi, lo = int(mask.max()), int(mask.min())
+        if hi == ignore_value:  # the usual case: 255 marks unlabelled pixels
+            hi = int(np.where(mask == ignore_value, lo, mask).max())
+        if lo == ignore_value:
+            lo = int(np.where(mask == ignore_value, hi, mask).min())
+        if hi < num_classes and lo >= 0:
+            return []
     values = np.unique(mask[(mask >= num_classes) | (mask < 0)])
     return [int(v) for v in values if int(v) != ignore_value]
 
