@@ -85,6 +85,13 @@ def test_out_of_range_labels_is_exact():
     assert out_of_range_labels(np.full((2, 2), 255, np.uint8), 2, 255) == []
     assert out_of_range_labels(np.array([[-1, 0]], np.int32), 2, 255) == [-1]
     assert out_of_range_labels(np.array([[0, 255]], np.uint8), 2, 0) == [255]  # ignore 0
+    rng = np.random.RandomState(0)  # the fast uint8 path against the definition
+    for _ in range(500):
+        num_classes, ignore = int(rng.randint(1, 260)), int(rng.choice([255, 0, rng.randint(256), 300]))
+        dtype = [np.uint8, np.uint16, np.int32][rng.randint(3)]
+        mask = rng.choice(rng.randint(0, 256, size=rng.randint(1, 6)), (3, 4)).astype(dtype)
+        expected = sorted(int(v) for v in np.unique(mask) if v >= num_classes and v != ignore)
+        assert out_of_range_labels(mask, num_classes, ignore) == expected, (mask, num_classes, ignore)
 
 
 def test_dl_train_stops_at_the_labelids_sample_naming_it(tmp_path, monkeypatch):
