@@ -231,7 +231,10 @@ class DefaultTrainer(SimpleTrainer):
     in DDP when there are several processes.
 
     Checkpoints hold the model, optimizer, LR scheduler (its iteration count only: a changed
-    ``MAX_ITER`` is followed on resume) and the iteration.
+    ``MAX_ITER`` is followed on resume), the metric histories and the iteration. With
+    ``SEED >= 0`` a resume is exact: the train loader continues at the resumed iteration
+    (``seek_train_loader``), samples are augmented under seeds of their stream position and each
+    iteration starts from ``derive_seed(SEED, rank, iter)`` (``TrainerBase.iteration_seed``).
     """
 
     def __init__(self, cfg: CfgNode, model: torch.nn.Module):
@@ -278,7 +281,8 @@ class DefaultTrainer(SimpleTrainer):
                         "holds the trained backbone).")
         checkpoint = self.checkpointer.resume_or_load(weights, resume=resume) or {}
         if resuming:
-            resumed_file = self.checkpointer.resumed_file or self.checkpointer.get_checkpoint_file()
+            resumed_file = (getattr(self.checkpointer, "resumed_file", None)
+                            or self.checkpointer.get_checkpoint_file())
             if "iteration" not in checkpoint:
                 raise KeyError(
                     f"The checkpoint {resumed_file} has no 'iteration'; "

@@ -202,6 +202,8 @@ class JSONWriter(EventWriter):
     The file is opened on the first write: lines of iterations at or after the storage's
     ``start_iter`` are then removed (atomically), since this run computes those iterations
     again: after ``--resume`` each iteration appears once, and a new run from 0 starts a new file.
+    (A kill after a checkpoint was saved but before the writer, which runs after the
+    checkpointer, wrote that iteration loses its line; no line is ever duplicated.)
     """
 
     def __init__(self, json_file: str, window_size: int = 20):
