@@ -365,8 +365,9 @@ class Checkpointer(_FvCheckpointer):
                 return torch.load(f, map_location="cpu", weights_only=False)
             raise pickle.UnpicklingError(
                 f"torch.load(weights_only=True) refused {f}: it needs the globals "
-                f"{blocked}. If you trust the file's source, load it with "
-                "Checkpointer(..., weights_only=False).") from e
+                f"{blocked}. A whole pickled model (torch.save(model)) is best re-saved as "
+                "torch.save(model.state_dict(), path); if you trust the file's source, "
+                "Checkpointer(..., weights_only=False) loads it as it is.") from e
 
     def _as_checkpoint(self, obj: Any, path: str) -> Dict[str, Any]:
         """Normalise a loaded file to ``{"model": state_dict, ...}`` and apply converters."""
@@ -380,8 +381,11 @@ class Checkpointer(_FvCheckpointer):
             checkpoint = {"model": obj}
         else:
             top = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(f"{path}: not a checkpoint this library can read (expected a dict "
-                             f"with 'model' or 'state_dict', or a state dict); found {top}")
+            raise CheckpointReadError(
+                f"{path}: a torch file, but not a checkpoint this library can read (expected a "
+                f"dict with 'model' or 'state_dict', or a state dict); found {top}. Check "
+                "MODEL.WEIGHTS; a file of torch.save(model) or of other objects: re-save it as "
+                "torch.save(model.state_dict(), path).")
         # Strip wrapper prefixes first, so converters see the layout the model was saved with.
         self._strip_wrapper_prefixes(checkpoint["model"])
         converter = find_converter(checkpoint["model"].keys(), self.model)

@@ -1,6 +1,7 @@
 """Bad MODEL.WEIGHTS files: each stops with one message naming the file and what it is, and the
 file itself is left as it was. In-process, on tiny models (see docs/RELIABILITY.md)."""
 import os
+import pickle
 import re
 
 import pytest
@@ -105,3 +106,16 @@ def test_dl_train_with_a_torchvision_file_stops(toy_playground, tmp_path, torchv
         train_net.main_train(["--playground", toy_playground, "MODEL.WEIGHTS", torchvision_resnet18])
     out = tmp_path / "output" / "Toy" / "Tiny"
     assert not list(out.glob("*.pth")) and not (out / "metrics.json").exists()
+
+
+def test_torch_files_that_hold_no_state_dict_say_how_to_resave(tmp_path):
+    listed = str(tmp_path / "list.pth")
+    torch.save([torch.zeros(2)], listed)
+    with pytest.raises(CheckpointReadError, match=r"list\.pth: a torch file, but not a checkpoint "
+                       r".*found list.*torch\.save\(model\.state_dict\(\), path\)"):
+        Checkpointer(_model()).load(listed)
+    pickled = str(tmp_path / "module.pth")
+    torch.save(_model(), pickled)  # a whole module: weights_only refuses its classes
+    with pytest.raises(pickle.UnpicklingError, match=r"module\.pth.*torch\.nn\.modules.*"
+                       r"re-saved as torch\.save\(model\.state_dict\(\), path\)"):
+        Checkpointer(_model()).load(pickled)
