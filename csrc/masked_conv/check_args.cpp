@@ -18,15 +18,21 @@ void check_like_input(const char* fn, const char* name, const at::Tensor& t,
 }
 
 void check_masked_conv_args(const char* fn, const at::Tensor& input, const at::Tensor& weight,
-                            const at::Tensor& mask, int64_t stride_h, int64_t stride_w,
-                            int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
-                            int64_t groups) {
+                            const std::optional<at::Tensor>& bias, const at::Tensor& mask,
+                            int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                            int64_t dilation_h, int64_t dilation_w, int64_t groups) {
   TORCH_CHECK(input.dim() == 4, fn, ": input must be 4-D (N x C x H x W), got shape ",
               input.sizes());
   TORCH_CHECK(weight.dim() == 4, fn, ": weight must be 4-D (O x C/groups x kh x kw), got shape ",
               weight.sizes());
   check_like_input(fn, "weight", weight, input, /*same_dtype=*/true);
   check_like_input(fn, "mask", mask, input, /*same_dtype=*/false);
+  if (bias.has_value() && bias->defined()) {
+    check_like_input(fn, "bias", *bias, input, /*same_dtype=*/true);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), fn,
+                ": bias must be 1-D with weight.shape[0] = ", weight.size(0),
+                " values, got shape ", bias->sizes());
+  }
   TORCH_CHECK(stride_h > 0 && stride_w > 0, fn, ": stride must be positive, got (", stride_h,
               ", ", stride_w, "); use stride >= 1");
   TORCH_CHECK(dilation_h > 0 && dilation_w > 0, fn, ": dilation must be positive, got (",
@@ -66,15 +72,6 @@ void check_masked_conv_args(const char* fn, const at::Tensor& input, const at::T
               fn, ": mask must have shape (N, 1, Ho, Wo) = (", input.size(0), ", 1, ", Ho, ", ",
               Wo, ") (the output grid of this convolution), got ", mask.sizes(),
               "; resize it with dl_lib.layers.resize_mask(mask, (", Ho, ", ", Wo, "))");
-}
-
-void check_masked_conv_bias(const char* fn, const std::optional<at::Tensor>& bias,
-                            const at::Tensor& input, int64_t out_channels) {
-  if (!bias.has_value() || !bias->defined()) return;
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels, fn,
-              ": bias must be 1-D with weight.shape[0] = ", out_channels,
-              " values, got shape ", bias->sizes());
-  check_like_input(fn, "bias", *bias, input, /*same_dtype=*/true);
 }
 
 }  // namespace ops

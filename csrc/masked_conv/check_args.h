@@ -14,17 +14,13 @@ namespace dl_lib {
 namespace ops {
 
 // input N x C x H x W and weight O x C/groups x kh x kw (C > 0), stride and dilation > 0,
-// padding >= 0, groups > 0 dividing C and O, weight and mask on the input's device, weight of
-// the input's dtype, the dilated kernel inside the padded input, mask bool N x 1 x Ho x Wo.
+// padding >= 0, groups > 0 dividing C and O, weight, bias and mask on the input's device, weight
+// and bias of the input's dtype, bias (when given) 1-D of O values, the dilated kernel inside the
+// padded input, mask bool N x 1 x Ho x Wo. The backward passes no bias (std::nullopt).
 void check_masked_conv_args(const char* fn, const at::Tensor& input, const at::Tensor& weight,
-                            const at::Tensor& mask, int64_t stride_h, int64_t stride_w,
-                            int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
-                            int64_t groups);
-
-// bias (when given): 1-D of out_channels (weight.size(0)) values, on the input's device and of
-// its dtype.
-void check_masked_conv_bias(const char* fn, const std::optional<at::Tensor>& bias,
-                            const at::Tensor& input, int64_t out_channels);
+                            const std::optional<at::Tensor>& bias, const at::Tensor& mask,
+                            int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                            int64_t dilation_h, int64_t dilation_w, int64_t groups);
 
 // `name` (out, grad_output) on the input's device; of its dtype too when same_dtype.
 void check_like_input(const char* fn, const char* name, const at::Tensor& t,

@@ -174,10 +174,11 @@ def _call(fn, spec: OpSpec, case: OpCase, layouts: Mapping[str, str]):
     leaves = _leaves(case)
     passed = {}
     for name, t in leaves.items():
-        layout = layouts.get(name, "contiguous")
-        passed[name] = None if t is None else (
-            in_layout(t, layout, fresh=name in spec.mutates) if name in layouts
-            or name in spec.mutates else t)
+        if t is None or (name not in layouts and name not in spec.mutates):
+            passed[name] = t
+        else:  # a copy the op may write (mutates), or a view in the layout drawn
+            passed[name] = in_layout(t, layouts.get(name, "contiguous"),
+                                     fresh=name in spec.mutates)
     result = fn(passed, case.options)
     grads = {}
     wrt = [n for n in case.grad if leaves.get(n) is not None]

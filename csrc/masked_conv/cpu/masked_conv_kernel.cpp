@@ -89,11 +89,12 @@ struct Geometry {
 };
 
 Geometry check_and_describe(
-    const char* fn, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& mask,
-    int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
-    int64_t dilation_w, int64_t groups) {
-  check_masked_conv_args(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                         dilation_w, groups);
+    const char* fn, const at::Tensor& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& mask, int64_t stride_h,
+    int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
+    int64_t groups) {
+  check_masked_conv_args(fn, input, weight, bias, mask, stride_h, stride_w, pad_h, pad_w,
+                         dilation_h, dilation_w, groups);
   TORCH_CHECK(input.dim() == 4, fn, ": input must be N x C x H x W, got shape ", input.sizes());
   TORCH_CHECK(weight.dim() == 4, fn, ": weight must be O x C/groups x kh x kw, got shape ",
               weight.sizes());
@@ -766,7 +767,6 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
 at::Tensor checked_bias(const char* fn, const std::optional<at::Tensor>& bias, const Geometry& g,
                         const at::Tensor& input) {
   if (!bias.has_value() || !bias->defined()) return at::Tensor();
-  check_masked_conv_bias(fn, bias, input, g.O);
   TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.O && bias->scalar_type() ==
                   input.scalar_type(),
               fn, ": bias must be a 1-D tensor of ", g.O, " ", input.scalar_type(),
@@ -808,8 +808,8 @@ at::Tensor masked_conv2d_forward_cpu_impl(
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t groups) {
   const char* fn = "masked_conv2d (CPU)";
-  const Geometry g = check_and_describe(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w,
-                                        dilation_h, dilation_w, groups);
+  const Geometry g = check_and_describe(fn, input, weight, bias, mask, stride_h, stride_w, pad_h,
+                                        pad_w, dilation_h, dilation_w, groups);
   const at::Tensor b = checked_bias(fn, bias, g, input);
   // The output takes the input's memory format: NHWC output makes the scatter contiguous.
   const auto fmt = input.suggest_memory_format();
@@ -826,8 +826,8 @@ void masked_conv2d_out_cpu_impl(
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t groups, at::Tensor& out) {
   const char* fn = "masked_conv2d_out (CPU)";
-  const Geometry g = check_and_describe(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w,
-                                        dilation_h, dilation_w, groups);
+  const Geometry g = check_and_describe(fn, input, weight, bias, mask, stride_h, stride_w, pad_h,
+                                        pad_w, dilation_h, dilation_w, groups);
   const at::Tensor b = checked_bias(fn, bias, g, input);
   check_like_input(fn, "out", out, input, /*same_dtype=*/true);
   TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == input.scalar_type(), fn,
@@ -1031,7 +1031,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu_impl(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t groups, std::array<bool, 3> output_mask) {
-  const Geometry g = check_and_describe("_masked_conv2d_backward (CPU)", input, weight, mask,
+  const Geometry g = check_and_describe("_masked_conv2d_backward (CPU)", input, weight,
+                                        /*bias=*/std::nullopt, mask,
                                         stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
                                         groups);
   // Any float dtype: converted to the input's below.

@@ -653,13 +653,14 @@ ActiveList build_active_list(const at::Tensor& mask, cudaStream_t stream) {
 // Argument checks shared by forward and backward.
 
 Geom check_and_geometry(
-    const char* fn, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& mask,
-    int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
-    int64_t dilation_w, int64_t groups) {
+    const char* fn, const at::Tensor& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& mask, int64_t stride_h,
+    int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
+    int64_t groups) {
   // Device-independent checks first: a CPU input with a CUDA weight lands here and is told to
   // move the weight, not that the input must be on CUDA.
-  check_masked_conv_args(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                         dilation_w, groups);
+  check_masked_conv_args(fn, input, weight, bias, mask, stride_h, stride_w, pad_h, pad_w,
+                         dilation_h, dilation_w, groups);
   TORCH_CHECK(input.is_cuda(), fn, ": `input` must be a CUDA tensor, got device ", input.device());
   TORCH_CHECK(input.dim() == 4, fn, ": `input` must be N x C x H x W, got shape ", input.sizes());
   TORCH_CHECK(weight.dim() == 4, fn, ": `weight` must be O x C/groups x kh x kw, got shape ",
@@ -766,7 +767,6 @@ namespace {
 at::Tensor checked_bias(const char* fn, const std::optional<at::Tensor>& bias, const Geom& g,
                         const at::Tensor& input) {
   if (!bias.has_value() || !bias->defined()) return at::Tensor();
-  check_masked_conv_bias(fn, bias, input, g.O);
   TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.O, fn, ": `bias` must have shape [", g.O,
               "], got ", bias->sizes());
   TORCH_CHECK(bias->device() == input.device(), fn, ": `bias` is on ", bias->device(),
@@ -823,8 +823,8 @@ at::Tensor masked_conv2d_forward_cuda(
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t groups) {
   const char* fn = "dl_lib::masked_conv2d (CUDA)";
-  const Geom g = check_and_geometry(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w,
-                                    dilation_h, dilation_w, groups);
+  const Geom g = check_and_geometry(fn, input, weight, bias, mask, stride_h, stride_w, pad_h,
+                                    pad_w, dilation_h, dilation_w, groups);
   const at::Tensor bias_c = checked_bias(fn, bias, g, input);
   c10::cuda::CUDAGuard guard(input.device());
 
@@ -839,8 +839,8 @@ void masked_conv2d_out_cuda(
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t groups, at::Tensor& out) {
   const char* fn = "dl_lib::masked_conv2d_out (CUDA)";
-  const Geom g = check_and_geometry(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w,
-                                    dilation_h, dilation_w, groups);
+  const Geom g = check_and_geometry(fn, input, weight, bias, mask, stride_h, stride_w, pad_h,
+                                    pad_w, dilation_h, dilation_w, groups);
   const at::Tensor bias_c = checked_bias(fn, bias, g, input);
   check_like_input(fn, "out", out, input, /*same_dtype=*/true);
   TORCH_CHECK(out.device() == input.device() && out.scalar_type() == input.scalar_type(), fn,
@@ -862,8 +862,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cuda(
     const at::Tensor& mask, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t groups, std::array<bool, 3> output_mask) {
   const char* fn = "dl_lib::_masked_conv2d_backward (CUDA)";
-  const Geom g = check_and_geometry(fn, input, weight, mask, stride_h, stride_w, pad_h, pad_w,
-                                    dilation_h, dilation_w, groups);
+  const Geom g = check_and_geometry(fn, input, weight, /*bias=*/std::nullopt, mask, stride_h,
+                                    stride_w, pad_h, pad_w, dilation_h, dilation_w, groups);
   TORCH_CHECK(grad_output.device() == input.device(), fn, ": `grad_output` is on ",
               grad_output.device(), " but `input` is on ", input.device());
   TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), fn, ": `grad_output` dtype ",
