@@ -18,9 +18,11 @@ __all__ = ["CheckpointReadError", "check_torch_file", "check_weights_file",
 _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
-_FIX = ("Check MODEL.WEIGHTS (or, for --resume, the file OUTPUT_DIR/last_checkpoint names): it "
-        "must be a file written by torch.save, i.e. a checkpoint of this library, a state dict or "
-        "a released .pth.")
+def _fix(key: str) -> str:
+    where = (f"Check {key} (or, for --resume, the file OUTPUT_DIR/last_checkpoint names)"
+             if key == "MODEL.WEIGHTS" else f"Check {key}")
+    return (f"{where}: it must be a file written by torch.save, i.e. a checkpoint of this "
+            "library, a state dict or a released .pth.")
 
 
 class CheckpointReadError(ValueError):
@@ -42,10 +44,11 @@ def _text_excerpt(head: bytes):
     return text.strip().splitlines()[0][:60] if text.strip() else ""
 
 
-def check_torch_file(path: str, shown_as: str = "") -> None:
+def check_torch_file(path: str, shown_as: str = "", key: str = "MODEL.WEIGHTS") -> None:
     """Raise ``CheckpointReadError`` unless ``path`` starts like a file of ``torch.save``.
 
-    ``shown_as`` is the name to print (an URI the local ``path`` was fetched from)."""
+    ``shown_as`` is the name to print (an URI the local ``path`` was fetched from); ``key`` the
+    config key the message tells to check."""
     name = shown_as or path
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -56,7 +59,7 @@ def check_torch_file(path: str, shown_as: str = "") -> None:
         raise CheckpointReadError(
             f"{name} is a truncated or corrupted torch checkpoint ({size} bytes: a zip archive "
             "without its end record, e.g. an interrupted copy or a save killed midway). Copy or "
-            f"download it again, or use an earlier checkpoint. {_FIX}")
+            f"download it again, or use an earlier checkpoint. {_fix(key)}")
     if head.startswith(_LEGACY_MAGIC):
         return
     if size == 0:
@@ -72,11 +75,11 @@ def check_torch_file(path: str, shown_as: str = "") -> None:
         else:
             what = (f"is not a torch checkpoint ({size} bytes, neither torch.save's zip format nor "
                     f"its legacy format; it starts with 0x{head[:8].hex()})")
-    raise CheckpointReadError(f"{name} {what}. {_FIX}")
+    raise CheckpointReadError(f"{name} {what}. {_fix(key)}")
 
 
-def unreadable_checkpoint_error(path: str, error: BaseException, shown_as: str = ""
-                                ) -> CheckpointReadError:
+def unreadable_checkpoint_error(path: str, error: BaseException, shown_as: str = "",
+                                key: str = "MODEL.WEIGHTS") -> CheckpointReadError:
     """The error for a torch file that ``torch.load`` failed on (truncated or corrupted)."""
     name = shown_as or path
     try:
@@ -89,7 +92,7 @@ def unreadable_checkpoint_error(path: str, error: BaseException, shown_as: str =
     return CheckpointReadError(
         f"{name} is a truncated or corrupted torch checkpoint ({size}; torch.load raised "
         f"{reason}). Copy or download it again, or use an earlier "
-        f"checkpoint. {_FIX}")
+        f"checkpoint. {_fix(key)}")
 
 
 def check_weights_file(path: str) -> None:

@@ -17,6 +17,7 @@ file in a layout nobody converts must stop the run, not train from random weight
 """
 import logging
 import os
+import pickle
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
@@ -26,6 +27,8 @@ import torch
 from iopath.common.file_io import g_pathmgr
 from tabulate import tabulate
 from torch import nn
+
+from .file_check import check_torch_file, unreadable_checkpoint_error
 
 __all__ = ["PretrainedWeightsError", "PretrainedReport", "load_pretrained_backbone",
            "find_backbone", "read_state_dict"]
@@ -70,7 +73,13 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     local = path if os.path.isfile(path) else g_pathmgr.get_local_path(path)
     if not os.path.isfile(local):
         raise FileNotFoundError(f"MODEL.PRETRAINED file not found: {path!r}")
-    obj = torch.load(local, map_location="cpu", weights_only=True)
+    check_torch_file(local, path, key="MODEL.PRETRAINED")  # text / empty / truncated: say which
+    try:
+        obj = torch.load(local, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise
+    except Exception as e:  # torch's zip / EOF errors name no file
+        raise unreadable_checkpoint_error(local, e, path, "MODEL.PRETRAINED") from e
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -81,7 +81,8 @@ _RULES: List[Tuple[str, Callable[[Any], bool], str, str]] = [
     ("SOLVER.OPTIMIZER.WEIGHT_DECAY", _finite_at_least(0), "a finite number >= 0", "e.g. 1e-4"),
     ("SOLVER.LR_SCHEDULER.MAX_ITER", _int_at_least(1), "an integer >= 1 (training iterations)",
      "e.g. SOLVER.LR_SCHEDULER.MAX_ITER 40000"),
-    ("SOLVER.LR_SCHEDULER.WARMUP_ITERS", _int_at_least(0), "an integer >= 0", "0 turns warm-up off"),
+    ("SOLVER.LR_SCHEDULER.WARMUP_ITERS", _int_at_least(0), "an integer >= 0",
+     "0 turns warm-up off"),
     ("SOLVER.CHECKPOINT_PERIOD", _int_at_least(1), "an integer >= 1 (iterations between "
      "checkpoints)", "e.g. SOLVER.CHECKPOINT_PERIOD 5000"),
     ("SOLVER.GRAD_CLIP", _finite_at_least(0), "a finite number >= 0", "0 turns clipping off"),
@@ -132,10 +133,12 @@ def config_value_problems(cfg) -> List[str]:
     for key, test, requirement, fix in _RULES:
         present, value = _get(cfg, key)
         if present and not _passes(test, value):
-            problems.append(f"{key} = {value!r}: must be {requirement}" + (f"; {fix}" if fix else ""))
+            problems.append(f"{key} = {value!r}: must be {requirement}"
+                            + (f"; {fix}" if fix else ""))
     present, ignore = _get(cfg, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE")
     _, num_classes = _get(cfg, "MODEL.SEM_SEG_HEAD.NUM_CLASSES")
-    if present and isinstance(num_classes, int) and isinstance(ignore, int) and 0 <= ignore < num_classes:
+    if (present and isinstance(num_classes, int) and isinstance(ignore, int)
+            and 0 <= ignore < num_classes):
         problems.append(
             f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE = {ignore}: it is a class index (NUM_CLASSES "
             f"{num_classes}), so class {ignore} would never be learnt nor scored (use 255, or a "

@@ -101,7 +101,7 @@ def test_dl_train_stops_at_the_labelids_sample_naming_it(tmp_path, monkeypatch):
     monkeypatch.setenv("DL_OUTPUT_ROOT", str(tmp_path / "out"))
     name, dicts = _dataset(str(tmp_path / "data"), bad_value=23)
     with pytest.raises(LabelValueError, match=r"labels/4\.png'.*\[23\].*labelTrainIds"):
-        train_net.main_train(["--playground", FIXTURE, f"DATASETS.TRAIN", f"('{name}',)",
+        train_net.main_train(["--playground", FIXTURE, "DATASETS.TRAIN", f"('{name}',)",
                               "DATASETS.TEST", "()"])
     out = tmp_path / "out" / "Registered" / "TinyFPN"
     assert not list(out.glob("*.pth"))

@@ -119,3 +119,13 @@ def test_torch_files_that_hold_no_state_dict_say_how_to_resave(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match=r"module\.pth.*torch\.nn\.modules.*"
                        r"re-saved as torch\.save\(model\.state_dict\(\), path\)"):
         Checkpointer(_model()).load(pickled)
+
+
+def test_bad_pretrained_file_names_model_pretrained(tmp_path):
+    from dl_lib.checkpoint.pretrained import read_state_dict
+
+    path = tmp_path / "imagenet.pth"
+    path.write_text("404: Not Found")
+    with pytest.raises(CheckpointReadError, match=r"imagenet\.pth is a text file.*Check "
+                       r"MODEL\.PRETRAINED: it must be"):
+        read_state_dict(str(path))
