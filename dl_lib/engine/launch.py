@@ -15,12 +15,33 @@ Three ways a job runs, chosen automatically:
 Backend: NCCL for GPUs, Gloo for CPU processes (``backend="gloo"``), which is how the
 distributed code is tested on machines without a GPU. Every process group gets a 30-minute
 timeout, so a rank that hangs (e.g. skipped a collective) surfaces as an error.
+
+Spawned jobs end together (``launch`` returns only when every worker has stopped):
+
+* ``--num-gpus`` above what this machine has is refused before anything starts
+  (``LaunchError``): with NCCL above the visible GPUs, with Gloo above the CPU cores this
+  process may use (each worker already runs its own intra-op threads; more processes than
+  cores only slow the job down and multiply its memory).
+* A worker that raises stops the others (``grace_s`` to end by themselves, then SIGTERM, then
+  SIGKILL) and ``launch`` raises ``WorkerError`` with the traceback of the rank that failed
+  *first*: its peers then fail too ("Connection closed by peer"), and that echo is not the cause.
+* Ctrl-C (SIGINT to the parent, or to the whole process group from a terminal) is passed on to
+  every worker, which stops at its next Python instruction; the parent waits ``grace_s`` for
+  them, then terminates what is left and re-raises ``KeyboardInterrupt`` (non-zero exit).
+  Checkpoints are written atomically (``dl_lib.checkpoint``), so the last one stays loadable.
 """
+import json
 import logging
 import os
 import re
+import shutil
+import signal
 import socket
 import sys
+import tempfile
+import threading
+import time
+import traceback
 from datetime import timedelta
 from typing import Callable, Optional, Sequence
 
@@ -30,9 +51,22 @@ import torch.multiprocessing as mp
 
 from dl_lib.utils import comm
 
-__all__ = ["DEFAULT_TIMEOUT", "launch", "distributed_env_from_launcher", "in_srun_step"]
+__all__ = ["DEFAULT_TIMEOUT", "launch", "distributed_env_from_launcher", "in_srun_step",
+           "check_launch", "check_num_processes", "available_cpu_cores", "LaunchError",
+           "WorkerError"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+# Seconds the workers get to stop by themselves after a peer failed or after Ctrl-C, before
+# SIGTERM (and as long again before SIGKILL): enough to finish a checkpoint write.
+DEFAULT_GRACE_S = 10.0
+
+
+class LaunchError(ValueError):
+    """The job cannot start as asked (e.g. more processes than GPUs or CPU cores)."""
+
+
+class WorkerError(RuntimeError):
+    """A spawned worker failed; the message holds the traceback of the first one that did."""
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +160,66 @@ def _default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def available_cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container's
+    cpuset), falling back to ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_num_processes(num_per_machine: int, backend: str) -> None:
+    """Refuse a process count this machine cannot run (before anything is spawned).
+
+    Args:
+        num_per_machine: ``--num-gpus``, processes to start on this machine.
+        backend: "nccl" (one GPU each: at most the visible GPUs) or "gloo" (CPU processes: at
+            most the CPU cores this process may use, ``available_cpu_cores()``).
+
+    Raises ``LaunchError`` naming the flag, the value, what the machine has and the fix. Refusing
+    rather than clamping keeps the job what the command line says (``IMS_PER_BATCH`` is split
+    over the processes, the log's world size is the one asked for).
+    """
+    if num_per_machine < 1:
+        raise LaunchError(f"--num-gpus {num_per_machine}: the number of processes per machine "
+                          "must be at least 1.")
+    if backend == "nccl":
+        gpus = torch.cuda.device_count()
+        if num_per_machine > gpus:
+            raise LaunchError(
+                f"--num-gpus {num_per_machine} but only {gpus} GPU(s) are visible on this machine; "
+                f"use --num-gpus {max(gpus, 1)} or fewer"
+                + (", or MODEL.DEVICE cpu for CPU processes." if gpus == 0 else "."))
+        return
+    cores = available_cpu_cores()
+    if num_per_machine > cores:
+        raise LaunchError(
+            f"--num-gpus {num_per_machine} starts {num_per_machine} CPU processes (MODEL.DEVICE "
+            f"cpu, Gloo) but this machine gives this process {cores} CPU core(s); use --num-gpus "
+            f"{cores} or fewer (the global batch SOLVER.IMS_PER_BATCH stays the same).")
+
+
+def check_launch(num_gpus_per_machine: int, num_machines: int, backend: str) -> None:
+    """The checks ``launch`` makes before starting anything, for a command line to run first
+    (``dl_train`` does, before it touches ``OUTPUT_DIR``). Raises ``LaunchError``.
+
+    Nothing is checked under an external launcher (torchrun, an srun step: its process counts
+    win) or for a single process (``MODEL.DEVICE`` is checked elsewhere).
+    """
+    if distributed_env_from_launcher(dict(os.environ)) is not None:
+        return
+    if num_gpus_per_machine < 1 or num_machines < 1:
+        raise LaunchError(f"--num-gpus {num_gpus_per_machine} --num-machines {num_machines}: both "
+                          "must be at least 1.")
+    if num_machines * num_gpus_per_machine > 1:
+        check_num_processes(num_gpus_per_machine, backend.lower())
+
+
 def launch(main_func: Callable, num_gpus_per_machine: int, num_machines: int = 1,
            machine_rank: int = 0, dist_url: Optional[str] = None, args: Sequence = (),
-           timeout: timedelta = DEFAULT_TIMEOUT, backend: Optional[str] = None):
+           timeout: timedelta = DEFAULT_TIMEOUT, backend: Optional[str] = None,
+           grace_s: float = DEFAULT_GRACE_S):
     """Run ``main_func(*args)`` on every process of the job.
 
     Args:
@@ -138,9 +229,13 @@ def launch(main_func: Callable, num_gpus_per_machine: int, num_machines: int = 1
         dist_url: ``tcp://host:port`` of machine 0, ``"auto"``/None for a free local port
             (one machine only), or ``file://...``.
         backend: "nccl" or "gloo"; default NCCL when CUDA is available, else Gloo.
+        grace_s: after a worker failed or Ctrl-C, seconds the others get to stop by
+            themselves before SIGTERM (and again before SIGKILL).
 
     Returns ``main_func``'s result when it runs in this process (one process, or joined an
-    external launcher); None after spawning.
+    external launcher); None after spawning. Raises ``LaunchError`` (nothing started) when
+    ``num_gpus_per_machine`` exceeds the GPUs / CPU cores, ``WorkerError`` when a spawned worker
+    failed (all of them have stopped by then), ``KeyboardInterrupt`` after Ctrl-C.
     """
     backend = (backend or _default_backend()).lower()
     external = distributed_env_from_launcher()
@@ -148,6 +243,7 @@ def launch(main_func: Callable, num_gpus_per_machine: int, num_machines: int = 1
         return _run_joined(main_func, args, external, timeout, backend, num_gpus_per_machine,
                            num_machines)
 
+    check_launch(num_gpus_per_machine, num_machines, backend)
     world_size = num_machines * num_gpus_per_machine
     if world_size <= 1:
         return main_func(*args)
@@ -161,23 +257,151 @@ def launch(main_func: Callable, num_gpus_per_machine: int, num_machines: int = 1
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
     if num_machines > 1 and dist_url.startswith("file://"):
         logger.warning("file:// init is unreliable across machines; prefer tcp://")
-    if backend == "nccl" and num_gpus_per_machine > torch.cuda.device_count():
-        raise ValueError(
-            f"--num-gpus {num_gpus_per_machine} but only {torch.cuda.device_count()} GPUs are "
-            "visible; for CPU processes use MODEL.DEVICE cpu."
+    failure_dir = tempfile.mkdtemp(prefix="dl_lib-launch-")
+    try:
+        context = mp.start_processes(
+            _distributed_worker, nprocs=num_gpus_per_machine,
+            args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args),
+                  timeout, backend, failure_dir),
+            daemon=False, start_method="spawn", join=False,
         )
-    mp.start_processes(
-        _distributed_worker, nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args),
-              timeout, backend),
-        daemon=False, start_method="spawn",
-    )
+        _wait_for_workers(context, failure_dir, machine_rank * num_gpus_per_machine, grace_s)
+    finally:
+        shutil.rmtree(failure_dir, ignore_errors=True)
     return None
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM to the parent (a scheduler's preemption or time limit): stop like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated(f"received signal {signal.Signals(signum).name}")
+
+
+def _wait_for_workers(context, failure_dir: str, first_rank: int, grace_s: float) -> None:
+    """Join the spawned workers; on a failure, Ctrl-C or SIGTERM make sure none is left running."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        while not context.join(timeout=1.0, grace_period=grace_s):
+            pass
+    except KeyboardInterrupt as e:
+        what = "Terminated" if isinstance(e, _Terminated) else "Interrupted"
+        logger.error(f"{what}: stopping the {len(context.processes)} workers (SIGINT, then "
+                     f"SIGTERM after {grace_s:g} s).")
+        _stop_workers(context.processes, grace_s)
+        raise
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+        # torch has stopped the other workers by now (grace period, SIGTERM, SIGKILL).
+        codes = [p.exitcode for p in context.processes]
+        raise WorkerError(_failure_report(e, failure_dir, first_rank, codes)) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_workers(processes, grace_s: float) -> None:
+    """SIGINT every live worker (a terminal's Ctrl-C already did), wait ``grace_s`` for them to
+    stop, then SIGTERM, wait again, then SIGKILL: nothing outlives the parent."""
+    for signum, method in ((signal.SIGINT, None), (signal.SIGTERM, "terminate"),
+                           (signal.SIGKILL, "kill")):
+        alive = [p for p in processes if p.is_alive()]
+        if not alive:
+            return
+        for p in alive:
+            try:
+                if method is None:
+                    os.kill(p.pid, signum)
+                else:
+                    getattr(p, method)()
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + (grace_s if signum != signal.SIGKILL else 30.0)
+        for p in alive:
+            while True:  # a second Ctrl-C while waiting must not leave workers behind
+                try:
+                    p.join(max(0.0, deadline - time.monotonic()))
+                    break
+                except KeyboardInterrupt:
+                    continue
+
+
+def _record_failure(failure_dir: Optional[str], rank: int, exc: BaseException) -> None:
+    """Write when and how this rank failed, for the parent's report (best effort)."""
+    if not failure_dir:
+        return
+    try:
+        record = {"rank": rank, "time": time.time(), "pid": os.getpid(),
+                  "type": type(exc).__name__, "traceback": traceback.format_exc()}
+        tmp = os.path.join(failure_dir, f".rank{rank}.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, os.path.join(failure_dir, f"rank{rank}.json"))
+    except OSError:
+        pass
+
+
+def _failure_report(error, failure_dir: str, first_rank: int, exit_codes=()) -> str:
+    """The message of ``WorkerError``: the traceback of the rank that failed first.
+
+    ``error`` is torch's exception for the first worker *it noticed*, which is often a peer
+    whose collective broke because the real culprit had already exited. The workers' own records
+    (time of failure) decide instead. A worker killed by a signal (SIGKILL, SIGSEGV, ...) leaves
+    no record; it is named first, since a peer's failure makes a worker raise, not die.
+    ``exit_codes``: each local worker's exit code once all have stopped (``-N``: signal N).
+    """
+    records = []
+    for name in os.listdir(failure_dir):
+        if name.startswith("rank") and name.endswith(".json"):
+            try:
+                with open(os.path.join(failure_dir, name)) as f:
+                    records.append(json.load(f))
+            except (OSError, ValueError):
+                pass
+    records.sort(key=lambda r: r["time"])
+    recorded = {r["rank"] for r in records}
+    killed = []  # (rank, signal name) of workers that died without raising
+    for index, code in enumerate(exit_codes):
+        rank = first_rank + index
+        if code is not None and code < 0 and -code != signal.SIGTERM and rank not in recorded:
+            try:
+                killed.append((rank, signal.Signals(-code).name))
+            except ValueError:
+                killed.append((rank, f"signal {-code}"))
+    noticed = first_rank + error.error_index
+    if isinstance(error, mp.ProcessExitedException) and noticed not in recorded \
+            and noticed not in {r for r, _ in killed}:
+        how = (f"was killed by {error.signal_name}" if getattr(error, "signal_name", None)
+               else f"exited with code {error.exit_code}")
+        killed.insert(0, (noticed, how))
+    lines = []
+    for rank, how in killed:
+        how = how if how.startswith(("was ", "exited")) else f"was killed by {how}"
+        lines.append(f"Worker rank {rank} {how} (no Python error: out of memory, a crash in "
+                     "native code, or killed from outside); the job was stopped.")
+    if records:
+        first = records[0]
+        head = "Then rank" if killed else "Worker rank"
+        tail = "failed with" if killed else "failed first; the job was stopped. Its error"
+        lines.append(f"{head} {first['rank']} (pid {first['pid']}) {tail}:\n{first['traceback']}")
+        later = [str(r["rank"]) for r in records[1:]]
+        if later:
+            lines.append(f"Rank(s) {', '.join(later)} failed after it (most likely because rank "
+                         f"{first['rank']} stopped; their errors are in their log files).")
+    if not lines:
+        lines.append(f"Worker rank {noticed} failed; the job was stopped. {error}")
+    return "\n".join(lines)
+
+
 def _distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank,
-                        dist_url, args, timeout, backend):
+                        dist_url, args, timeout, backend, failure_dir=None):
     global_rank = machine_rank * num_gpus_per_machine + local_rank
+    # A parent started in the background of a shell ignores SIGINT and its children inherit
+    # that; the parent decides when to stop, so let its SIGINT (and torch's parent-death
+    # signal, also SIGINT) reach this worker as KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     # Libraries that read these (e.g. loggers, evaluators) see the same ranks as under torchrun.
@@ -188,22 +412,30 @@ def _distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine,
                                 rank=global_rank, timeout=timeout)
     except Exception as e:
         raise RuntimeError(f"Process group URL {dist_url} could not be reached: {e}") from e
+    interrupted = False
     try:
         _after_init(num_gpus_per_machine)
         main_func(*args)
         _leave_together()
+    except KeyboardInterrupt as e:
+        # torch's wrapper would exit 0 after a KeyboardInterrupt: a stopped run is no success.
+        interrupted = True
+        _record_failure(failure_dir, global_rank, e)
+    except BaseException as e:
+        _record_failure(failure_dir, global_rank, e)
+        raise
     finally:
         _shutdown()
-    _exit_spawned_worker()
+    _exit_spawned_worker(128 + signal.SIGINT if interrupted else 0)
 
 
-def _exit_spawned_worker() -> None:
+def _exit_spawned_worker(code: int = 0) -> None:
     """End a spawned worker whose work is done without interpreter finalisation.
 
     Now and then (about one run in five on the 2-core dev VM, never reproduced outside pytest)
     a Gloo worker aborted during finalisation with "terminate called without an active
     exception", after its group was destroyed; the parent then reports a finished run as failed.
-    Nothing is left to clean up here, so flush and leave with exit code 0.
+    Nothing is left to clean up here, so flush and leave with exit code ``code`` (0: done).
     """
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
@@ -211,7 +443,7 @@ def _exit_spawned_worker() -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os._exit(0)
+    os._exit(code)
 
 
 def _run_joined(main_func, args, env: dict, timeout, backend, num_gpus_per_machine, num_machines):

@@ -44,7 +44,7 @@ from dl_lib.config import ConfigError
 from dl_lib.config.checks import check_device_available
 from dl_lib.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from dl_lib.engine.defaults import parse_args
-from dl_lib.engine.launch import distributed_env_from_launcher
+from dl_lib.engine.launch import LaunchError, check_launch, distributed_env_from_launcher
 from dl_lib.engine.run_dir import RunDirError, RunLock, prepare_training_dir, save_run_config
 from dl_lib.utils import comm
 from dl_lib.utils.file_io import atomic_write
@@ -207,6 +207,9 @@ def main(argv: Optional[Sequence[str]] = None, eval_only: bool = False,
         cfg = playground.load_config(args.playground, args.opts)  # checks the values too
         check_device_available(cfg)  # one line, not a CUDA traceback per process
         check_weights_file(cfg.MODEL.WEIGHTS)  # a text / empty / truncated file: one line too
+        # --num-gpus above the GPUs / CPU cores: refused before OUTPUT_DIR is touched
+        check_launch(args.num_gpus, args.num_machines,
+                     "gloo" if cfg.MODEL.DEVICE == "cpu" else "nccl")
         if args.eval_only:
             weights = weights_to_evaluate(cfg, args.resume, args.random_weights)
             check_weights_file(weights)  # also the file last_checkpoint names
@@ -222,7 +225,7 @@ def main(argv: Optional[Sequence[str]] = None, eval_only: bool = False,
                     print(f"{prog}: --overwrite: moved the earlier run in {run_dir} to "
                           f"{args.moved_aside}", file=sys.stderr)
     except (playground.PlaygroundError, ConfigError, MissingWeightsError, RunDirError,
-            CheckpointReadError) as e:
+            CheckpointReadError, LaunchError) as e:
         if isinstance(lock, RunLock):
             lock.release()
         parser.exit(2, f"{prog}: error: {e}\n")
