@@ -273,10 +273,13 @@ def run_raw_bad_arguments(op_name: str, timeout: float = 120.0) -> Dict[str, str
                 name, verdict = json.loads(line[7:])
                 results[name] = verdict
                 started = None
-        if proc.returncode != 0:
+        if proc.returncode == 0:  # a case that exits quietly must not loop forever
+            for name in todo:
+                results.setdefault(name, f"{name}: the child process exited without a result")
+        else:
             crashed = started or todo[0]
-            results.setdefault(crashed, f"the interpreter died (exit status {proc.returncode}): "
-                                        f"{proc.stderr.strip()[-500:]}")
+            results.setdefault(crashed, f"{crashed}: the interpreter died (exit status "
+                                        f"{proc.returncode}): {proc.stderr.strip()[-500:]}")
     return results
 
 

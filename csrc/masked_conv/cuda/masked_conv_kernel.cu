@@ -832,6 +832,7 @@ at::Tensor masked_conv2d_forward_cuda(
   at::Tensor out = at::zeros({g.N, g.O, g.Ho, g.Wo},
                              input.options().memory_format(input.suggest_memory_format()));
   forward_active_into(fn, input, weight, bias_c, mask, g, out);
+  return out;
 }
 
 void masked_conv2d_out_cuda(
