@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping
 import torch
 from hypothesis import strategies as st
 
-from dl_lib._ext import has_compiled_ops
+from dl_lib._ext import compiled_with_cuda, has_compiled_ops
 from dl_lib.layers import masked_conv2d
 from dl_lib.layers.masked_conv_reference import masked_conv2d_dense, masked_conv2d_keep
 
@@ -227,6 +227,8 @@ def _raw_bad_arguments(x, w, b, m, out, x0, w0, meta) -> List[BadArgument]:
                 (lambda a: lambda: ops._masked_conv2d_backward(gy, *a.values(),
                                                                [True, True, True]))(grad_kw),
                 RuntimeError, match, raw=True))
+    if torch.cuda.is_available() and compiled_with_cuda():
+        bads += _raw_cuda_bad_arguments(conv, out)
     bads += [
         BadArgument("raw_out_other_device", call(ops.masked_conv2d_out, {}, out=out.to(meta)),
                     RuntimeError, r"out is on meta but input is on cpu", raw=True),
@@ -237,6 +239,39 @@ def _raw_bad_arguments(x, w, b, m, out, x0, w0, meta) -> List[BadArgument]:
                                                         1, [True, True, True]),
                     RuntimeError, r"grad_output is on meta but input is on cpu", raw=True),
     ]
+    return bads
+
+
+def _raw_cuda_bad_arguments(conv, out) -> List[BadArgument]:
+    """CPU and CUDA tensors mixed in one call: the dispatcher picks the CUDA kernel, which must
+    name the tensor on the wrong device whichever it is."""
+    ops, cuda = torch.ops.dl_lib, torch.device("cuda")
+    on_cuda = {k: v.to(cuda) if isinstance(v, torch.Tensor) else v for k, v in conv.items()}
+    cases = [  # name, arguments, message
+        ("raw_cuda_weight_on_cpu", dict(on_cuda, weight=conv["weight"]),
+         r"weight is on cpu but input is on cuda"),
+        ("raw_cuda_mask_on_cpu", dict(on_cuda, mask=conv["mask"]),
+         r"mask is on cpu but input is on cuda"),
+        ("raw_cuda_bias_on_cpu", dict(on_cuda, bias=torch.randn(4)),
+         r"bias is on cpu but input is on cuda"),
+        ("raw_cuda_input_on_cpu", dict(conv, weight=on_cuda["weight"]),
+         r"weight is on cuda:0 but input is on cpu"),
+        ("raw_cuda_bias_only_on_cuda", dict(conv, bias=torch.randn(4, device=cuda)),
+         r"bias is on cuda:0 but input is on cpu"),
+        ("raw_cuda_zero_input_channels", dict(on_cuda, input=torch.randn(1, 0, 8, 8, device=cuda),
+                                              weight=torch.randn(4, 0, 3, 3, device=cuda)),
+         r"input has 0 channels"),
+        ("raw_cuda_kernel_larger_than_padded_input",
+         dict(on_cuda, input=torch.randn(1, 4, 2, 2, device=cuda),
+              mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=cuda), stride_h=2,
+              stride_w=2), r"is larger than the padded input 2 x 2"),
+    ]
+    bads = [BadArgument(name, (lambda a: lambda: ops.masked_conv2d(*a.values()))(args),
+                        RuntimeError, match, raw=True) for name, args, match in cases]
+    bads.append(BadArgument(
+        "raw_cuda_out_on_cpu",
+        lambda: ops.masked_conv2d_out(*on_cuda.values(), out), RuntimeError,
+        r"out is on cpu but input is on cuda", raw=True))
     return bads
 
 

@@ -202,8 +202,10 @@ def check_against_reference(spec: OpSpec, case: OpCase, layouts: Mapping[str, st
     """The op on ``case`` (tensors of ``spec.layout_inputs`` in ``layouts``) matches the reference
     (contiguous tensors) in value, dtype and gradients; inputs it must not write are unchanged."""
     snapshot = {n: None if t is None else t.clone() for n, t in case.tensors.items()}
-    _, _, want, want_grads = _call(spec.reference, spec, case, {})
-    leaves, passed, got, got_grads = _call(spec.run, spec, case, layouts)
+    # TF32 convolutions (cuDNN's default) would make a CUDA float32 reference the imprecise side.
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        _, _, want, want_grads = _call(spec.reference, spec, case, {})
+        leaves, passed, got, got_grads = _call(spec.run, spec, case, layouts)
     tol = spec.tolerances[got.dtype] if got.dtype in spec.tolerances else (0.0, 0.0)
     assert got.dtype == want.dtype and got.device == want.device, (
         f"{spec.name}: result is {got.dtype} on {got.device}, the reference's {want.dtype} on "

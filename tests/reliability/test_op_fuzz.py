@@ -10,9 +10,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dl_lib import compiled_with_cuda
 from dl_lib.testing import op_fuzz
 
 SPECS = op_fuzz.registered_ops()
+# The values and gradients of the CUDA kernels too, where there is a GPU.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and compiled_with_cuda() else [])
 
 
 def _params(specs):
@@ -30,24 +33,26 @@ def fuzz(n):
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("spec", _params(SPECS))
-@fuzz(40)
+@fuzz(60)
 @given(data=st.data())
-def test_matches_reference_float64(spec, data):
-    case = data.draw(spec.cases(torch.float64), label="case")
+def test_matches_reference_float64(spec, device, data):
+    case = data.draw(spec.cases(torch.float64, device), label="case")
+    op_fuzz.check_against_reference(spec, case, data.draw(_layouts(spec), label="layouts"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", _params(SPECS))
+@fuzz(30)
+@given(data=st.data())
+def test_matches_reference_float32(spec, device, data):
+    case = data.draw(spec.cases(torch.float32, device), label="case")
     op_fuzz.check_against_reference(spec, case, data.draw(_layouts(spec), label="layouts"))
 
 
 @pytest.mark.parametrize("spec", _params(SPECS))
-@fuzz(20)
-@given(data=st.data())
-def test_matches_reference_float32(spec, data):
-    case = data.draw(spec.cases(torch.float32), label="case")
-    op_fuzz.check_against_reference(spec, case, data.draw(_layouts(spec), label="layouts"))
-
-
-@pytest.mark.parametrize("spec", _params(SPECS))
-@fuzz(6)
+@fuzz(8)
 @given(data=st.data())
 def test_gradcheck_tiny(spec, data):
     op_fuzz.check_gradcheck(spec, data.draw(spec.cases(torch.float64, tiny=True), label="case"))
