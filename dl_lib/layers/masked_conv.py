@@ -261,6 +261,12 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         density); the cache holds at most ``DL_LIB_MASKED_CONV_POOL_MB`` MiB (default 256, 0
         turns it off), ``torch.ops.dl_lib._masked_conv2d_output_pool(True)`` frees it, and such
         outputs cannot be resized in place.
+
+    Raises:
+        ValueError / TypeError naming the argument, its value and the fix, before anything runs
+        (``masked_conv_checks``): 0 input channels, channels not divisible by ``groups``, stride
+        or dilation < 1, negative padding, a kernel larger than the padded input, weight / bias
+        / mask / out on another device or (weight, bias, out) of another dtype than ``input``.
     """
     # Every argument is checked before any path runs (masked_conv_checks.py).
     check_devices(input, weight, bias, mask, out)
