@@ -77,7 +77,9 @@ process joins the launcher's group instead of spawning; an sbatch script spawns 
                         help="with --eval-only / dl_test: the same as MODEL.WEIGHTS none, evaluate "
                              "the random initialisation on purpose (a smoke test)")
     parser.add_argument("--num-gpus", type=int, default=1,
-                        help="processes per machine (GPUs; CPU processes with MODEL.DEVICE cpu)")
+                        help="processes per machine (GPUs; CPU processes with MODEL.DEVICE cpu); "
+                             "more than the visible GPUs, or than the CPU cores with "
+                             "MODEL.DEVICE cpu, is refused")
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
     parser.add_argument("--machine-rank", type=int, default=0,
                         help="the rank of this machine (unique per machine)")

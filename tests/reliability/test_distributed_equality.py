@@ -129,7 +129,18 @@ def _final_state(output_dir):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_process(tmp_path):
+def test_two_gloo_processes_equal_one_process(tmp_path, monkeypatch):
+    # One thread per process: 2 workers on 2 cores, and no spin-waiting on a busy machine.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # read by the spawned workers' torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _compare_one_and_two_processes(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare_one_and_two_processes(tmp_path):
     data_root = str(tmp_path / "data")
     _write_split(data_root, "train", 8, seed=0)
     _write_split(data_root, "val", 5, seed=1)
