@@ -121,7 +121,7 @@ def apply_checkpoint_architecture(cfg: CfgNode, path: Optional[str] = None
     ``add_<family>_config`` was not applied) and FileNotFoundError for a missing file.
     """
     path = cfg.MODEL.WEIGHTS if path is None else path
-    if not path:
+    if not path or path.lower() == "none":  # MODEL.WEIGHTS none: random initialisation on purpose
         return {}
     overrides = architecture_overrides(path)
     before = {k: _get(cfg, k) for k in overrides}

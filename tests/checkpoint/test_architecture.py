@@ -130,3 +130,12 @@ def test_architecture_must_hold_config_keys_and_plain_values(tmp_path):
 
     with pytest.raises(TypeError, match="CONVS_DIM"):
         Checkpointer(Bad(4), str(tmp_path), save_to_disk=True).save("bad")
+
+
+def test_weights_none_means_no_architecture_to_apply():
+    from dl_lib.checkpoint import apply_checkpoint_architecture
+    from dl_lib.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.MODEL.WEIGHTS = "none"
+    assert apply_checkpoint_architecture(cfg) == {}
