@@ -1,4 +1,5 @@
 """A short table of the software and hardware a run used, logged at the start of every run."""
+import importlib.metadata
 import os
 import platform
 import sys
@@ -10,12 +11,21 @@ from tabulate import tabulate
 __all__ = ["collect_env_info"]
 
 
-def _version(module_name: str) -> str:
+def _version(distribution: str) -> str:
+    # From the installed package's metadata: importing cv2 or torchvision only to read their
+    # versions took seconds at the start of every run.
     try:
-        module = __import__(module_name)
-        return getattr(module, "__version__", "unknown")
-    except ImportError:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
         return "not installed"
+
+
+def _cv2_version() -> str:
+    for distribution in ("opencv-python-headless", "opencv-python", "opencv-contrib-python"):
+        version = _version(distribution)
+        if version != "not installed":
+            return version
+    return "not installed"
 
 
 def _safe(fn):
@@ -52,7 +62,7 @@ def collect_env_info() -> str:
         ("torchvision", _version("torchvision")),
         ("fvcore", _version("fvcore")),
         ("iopath", _version("iopath")),
-        ("cv2", _version("cv2")),
+        ("opencv", _cv2_version()),
         ("machine", platform.machine()),
         ("CPU count", os.cpu_count()),
     ]
