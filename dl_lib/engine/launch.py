@@ -303,8 +303,11 @@ def _wait_for_workers(context, failure_dir: str, first_rank: int, grace_s: float
 
 
 def _stop_workers(processes, grace_s: float) -> None:
-    """SIGINT every live worker (a terminal's Ctrl-C already did), wait ``grace_s`` for them to
-    stop, then SIGTERM, wait again, then SIGKILL: nothing outlives the parent."""
+    """Wait a moment for the workers to stop by themselves (a terminal's Ctrl-C reached them
+    too), then SIGINT those still running, wait ``grace_s``, SIGTERM, wait again, SIGKILL:
+    nothing outlives the parent. The first wait keeps a second SIGINT from landing in the
+    clean-up the first one started."""
+    _join_all(processes, min(2.0, grace_s))
     for signum, method in ((signal.SIGINT, None), (signal.SIGTERM, "terminate"),
                            (signal.SIGKILL, "kill")):
         alive = [p for p in processes if p.is_alive()]
@@ -318,14 +321,20 @@ def _stop_workers(processes, grace_s: float) -> None:
                     getattr(p, method)()
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + (grace_s if signum != signal.SIGKILL else 30.0)
-        for p in alive:
-            while True:  # a second Ctrl-C while waiting must not leave workers behind
-                try:
-                    p.join(max(0.0, deadline - time.monotonic()))
-                    break
-                except KeyboardInterrupt:
-                    continue
+        _join_all(alive, grace_s if signum != signal.SIGKILL else 30.0)
+
+
+def _join_all(processes, timeout_s: float) -> None:
+    """Join ``processes`` for at most ``timeout_s`` in all; a second Ctrl-C while waiting must
+    not leave workers behind, so it is ignored here."""
+    deadline = time.monotonic() + timeout_s
+    for p in processes:
+        while True:
+            try:
+                p.join(max(0.0, deadline - time.monotonic()))
+                break
+            except KeyboardInterrupt:
+                continue
 
 
 def _record_failure(failure_dir: Optional[str], rank: int, exc: BaseException) -> None:
@@ -418,6 +427,8 @@ def _distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine,
         main_func(*args)
         _leave_together()
     except KeyboardInterrupt as e:
+        # One is enough: the parent's forwarded SIGINT must not break the clean-up below.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         # torch's wrapper would exit 0 after a KeyboardInterrupt: a stopped run is no success.
         interrupted = True
         _record_failure(failure_dir, global_rank, e)
