@@ -395,10 +395,9 @@ def _failure_report(error, failure_dir: str, first_rank: int, exit_codes=()) -> 
         head = "Then rank" if killed else "Worker rank"
         tail = "failed with" if killed else "failed first; the job was stopped. Its error"
         lines.append(f"{head} {first['rank']} (pid {first['pid']}) {tail}:\n{first['traceback']}")
-        later = [str(r["rank"]) for r in records[1:]]
-        if later:
-            lines.append(f"Rank(s) {', '.join(later)} failed after it (most likely because rank "
-                         f"{first['rank']} stopped; their errors are in their log files).")
+        for r in records[1:]:  # most likely because the first one stopped: one line each
+            last = (r["traceback"].strip().splitlines() or [r["type"]])[-1]
+            lines.append(f"Rank {r['rank']} failed after it: {last[:300]}")
     if not lines:
         lines.append(f"Worker rank {noticed} failed; the job was stopped. {error}")
     return "\n".join(lines)

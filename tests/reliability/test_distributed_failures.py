@@ -65,6 +65,9 @@ def test_failing_worker_stops_the_job_with_its_own_traceback(tmp_path):
     assert proc.returncode != 0, proc.stderr[-3000:]
     assert "bad sample on rank 1: labels/0042.png has value 40" in proc.stderr, proc.stderr[-3000:]
     assert "rank 1" in proc.stderr and "failed first" in proc.stderr, proc.stderr[-3000:]
+    # the peer's broken collective comes after the cause, as one line
+    echo = proc.stderr.find("Connection closed")
+    assert echo == -1 or echo > proc.stderr.index("bad sample on rank 1"), proc.stderr[-3000:]
     # rank 0 sat in a collective with a 30-minute timeout: it was stopped, not waited for
     assert time.monotonic() - start < 140
     pids = [int((tmp_path / f"rank{r}.pid").read_text()) for r in (0, 1)]
