@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from toy_data import write_split
 
 from dl_lib import playground
 from dl_lib.analysis import CostTracker
@@ -32,18 +33,6 @@ H, W = 32, 64  # image size; the logits are at stride 2
 def _family_on_path(monkeypatch):
     monkeypatch.syspath_prepend(FAMILIES)
 
-
-def _write_split(root, split, n, seed):
-    """``n`` HxW RGB PNGs; label 1 where the red channel is bright, a top row of ignore (255)."""
-    rng = np.random.RandomState(seed)
-    for sub in ("images", "labels"):
-        os.makedirs(os.path.join(root, split, sub), exist_ok=True)
-    for i in range(n):
-        image = rng.randint(0, 256, size=(H, W, 3)).astype(np.uint8)
-        label = (image[:, :, 0] > 128).astype(np.uint8)
-        label[0] = 255
-        Image.fromarray(image).save(os.path.join(root, split, "images", f"{i}.png"))
-        Image.fromarray(label).save(os.path.join(root, split, "labels", f"{i}.png"))
 
 
 def _expected_macs(width: int, num_classes: int, active: int) -> int:
@@ -182,8 +171,8 @@ def _iou(pred, gt, k):
 @pytest.mark.slow
 def test_dl_train_then_dl_test_reports_each_exit_and_executed_cost(tmp_path, monkeypatch):
     data = str(tmp_path / "data")
-    _write_split(data, "train", 4, 0)
-    _write_split(data, "val", 3, 1)
+    write_split(data, "train", 4, 0)
+    write_split(data, "val", 3, 1)
     env = dict(os.environ, OMP_NUM_THREADS="1", DL_OUTPUT_ROOT=str(tmp_path / "out"),
                TWO_EXIT_TOY_DATA=data,
                PYTHONPATH=os.pathsep.join([FAMILIES] + [p for p in [os.environ.get("PYTHONPATH")] if p]))

@@ -15,27 +15,15 @@ import random
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from toy_data import write_split
 
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "playground",
                        "Reliability", "Resume")
 MAX_ITER, PERIOD = 12, 3  # the fixture's schedule: checkpoints after iterations 2, 5, 8, 11
 WALL_CLOCK = ("time", "data_time", "eta_seconds")
 
-
-def _write_split(root, split, n, seed):
-    rng = np.random.RandomState(seed)
-    for sub in ("images", "labels"):
-        os.makedirs(os.path.join(root, split, sub), exist_ok=True)
-    for i in range(n):
-        image = rng.randint(0, 256, size=(32, 64, 3)).astype(np.uint8)
-        label = (image[:, :, 0] > 128).astype(np.uint8)
-        label[0] = 255
-        Image.fromarray(image).save(os.path.join(root, split, "images", f"{i}.png"))
-        Image.fromarray(label).save(os.path.join(root, split, "labels", f"{i}.png"))
 
 
 def _dl_train(tmp_path, name, *args, kill_at=None):
@@ -102,8 +90,8 @@ def _last_checkpoint(out):
 
 @pytest.mark.slow
 def test_killed_at_random_iterations_then_resumed_equals_an_uninterrupted_run(tmp_path):
-    _write_split(str(tmp_path / "data"), "train", 8, 0)
-    _write_split(str(tmp_path / "data"), "val", 2, 1)
+    write_split(str(tmp_path / "data"), "train", 8, 0)
+    write_split(str(tmp_path / "data"), "val", 2, 1)
     # Kill points drawn from fixed seeds (a red build is a change, never a new draw); one run
     # with 2 loader workers (compared with the 0-worker reference: workers change nothing).
     kill_a = random.Random(11).randrange(PERIOD, MAX_ITER)  # after >= 1 checkpoint

@@ -6,9 +6,8 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from PIL import Image
+from toy_data import write_split
 
 from dl_lib import playground
 from dl_lib.tools import flops
@@ -17,19 +16,6 @@ FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "
                        "Registered", "TinyFPN")
 NET_LOG_LINE = "net.py of Registered/TinyFPN builds RegisteredTinySegmentor"
 
-
-def _write_split(root, split, n, seed):
-    """``n`` 32x64 RGB PNGs and their masks: class 1 where the red channel is bright, a top row
-    of ignore (255)."""
-    rng = np.random.RandomState(seed)
-    for sub in ("images", "labels"):
-        os.makedirs(os.path.join(root, split, sub), exist_ok=True)
-    for i in range(n):
-        image = rng.randint(0, 256, size=(32, 64, 3)).astype(np.uint8)
-        label = (image[:, :, 0] > 128).astype(np.uint8)
-        label[0] = 255
-        Image.fromarray(image).save(os.path.join(root, split, "images", f"{i}.png"))
-        Image.fromarray(label).save(os.path.join(root, split, "labels", f"{i}.png"))
 
 
 def _command(name):
@@ -43,8 +29,8 @@ def _command(name):
 @pytest.mark.slow
 def test_dl_train_on_a_playground_that_registers_its_classes(tmp_path):
     data = str(tmp_path / "data")
-    _write_split(data, "train", 4, 0)
-    _write_split(data, "val", 2, 1)
+    write_split(data, "train", 4, 0)
+    write_split(data, "val", 2, 1)
     env = dict(os.environ, OMP_NUM_THREADS="1", DL_OUTPUT_ROOT=str(tmp_path / "out"),
                REGISTERED_TINY_DATA=data)
 

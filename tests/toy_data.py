@@ -1,0 +1,21 @@
+"""Tiny sem-seg splits in the ``register_sem_seg`` layout, written by the tests that run the real
+``dl_train``/``dl_test`` on a fixture playground (``import toy_data``: tests/ is on sys.path)."""
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def write_split(root: str, split: str, n: int, seed: int, size=(32, 64)) -> None:
+    """``n`` random RGB PNGs under ``root/split/images`` and their masks under
+    ``root/split/labels``: class 1 where the red channel is bright, 0 elsewhere, the top row
+    ignored (255)."""
+    rng = np.random.RandomState(seed)
+    for sub in ("images", "labels"):
+        os.makedirs(os.path.join(root, split, sub), exist_ok=True)
+    for i in range(n):
+        image = rng.randint(0, 256, size=(*size, 3)).astype(np.uint8)
+        label = (image[:, :, 0] > 128).astype(np.uint8)
+        label[0] = 255
+        Image.fromarray(image).save(os.path.join(root, split, "images", f"{i}.png"))
+        Image.fromarray(label).save(os.path.join(root, split, "labels", f"{i}.png"))
