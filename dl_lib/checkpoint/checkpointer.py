@@ -189,8 +189,10 @@ class Checkpointer(_FvCheckpointer):
 
     # ------------------------------------------------------------------------------ loading
     def has_checkpoint(self) -> bool:
-        """Whether ``save_dir/last_checkpoint`` exists (never true without a ``save_dir``)."""
-        return bool(self.save_dir) and super().has_checkpoint()
+        """Whether ``save_dir`` holds something to resume from: a ``last_checkpoint`` pointer,
+        or ``*.pth`` files without one (never true without a ``save_dir``)."""
+        return bool(self.save_dir) and (super().has_checkpoint()
+                                         or bool(resume_candidates(self.save_dir)))
 
     def load(self, path: str, checkpointables: Optional[List[str]] = None, *,
              strict: bool = False, min_matched: float = 0.0) -> Dict[str, Any]:
@@ -287,7 +289,8 @@ class Checkpointer(_FvCheckpointer):
         it is missing or truncated, the newest other readable checkpoint of ``save_dir`` that
         records an ``iteration`` (saying so). Raises ``CheckpointReadError`` when none reads."""
         candidates = resume_candidates(self.save_dir)
-        pointed, problems = candidates[0], []
+        has_pointer = os.path.isfile(os.path.join(self.save_dir, _POINTER))
+        pointed, problems = (candidates[0] if has_pointer else None), []
         for path in candidates:
             try:
                 checkpoint = self._read_checkpoint(path)
@@ -304,16 +307,19 @@ class Checkpointer(_FvCheckpointer):
             if path != pointed and "iteration" not in checkpoint:
                 continue  # a weights file placed in the folder, not a resumable checkpoint
             if path != pointed:
+                why = (f"{os.path.join(self.save_dir, _POINTER)} names {os.path.basename(pointed)}, "
+                       "which cannot be read" if pointed else
+                       f"{self.save_dir} has no {_POINTER} file")
                 self.logger.warning(
-                    f"{os.path.join(self.save_dir, _POINTER)} names {os.path.basename(pointed)}, "
-                    f"which cannot be read; resuming from the newest complete checkpoint, "
-                    f"{path} (iteration {checkpoint['iteration']}), instead.")
+                    f"{why}; resuming from the newest complete checkpoint, {path} (iteration "
+                    f"{checkpoint['iteration']}), instead.")
             self._read_ahead = (path, checkpoint)
             return path
+        found = ("; ".join(problems) if problems else
+                 "its .pth files record no 'iteration': weights files, not training checkpoints")
         raise CheckpointReadError(
-            f"--resume: no checkpoint in {self.save_dir} can be read ("
-            + "; ".join(problems) + "). Remove the damaged files and resume again, or start a "
-            "new run without --resume.")
+            f"--resume: no checkpoint in {self.save_dir} can be resumed ({found}). Remove the "
+            "damaged files and resume again, or start a new run without --resume.")
 
     def _local_path(self, path: str) -> str:
         if os.path.isfile(path):
@@ -501,19 +507,21 @@ def resume_candidates(save_dir: str) -> List[str]:
     """The checkpoints a resume in ``save_dir`` may use, in order of preference: the file that
     ``save_dir/last_checkpoint`` names (which may be missing), then the other ``*.pth`` files
     of the folder, newest first (by modification time; atomic saves finish with a rename).
-    ``[]`` without a pointer: there is nothing to resume."""
-    pointer = os.path.join(save_dir, _POINTER) if save_dir else ""
-    if not pointer or not os.path.isfile(pointer):
+    Without a pointer (deleted, or a copied folder) only the ``*.pth`` files, newest first."""
+    if not save_dir:
         return []
-    with open(pointer) as f:
-        pointed = os.path.join(save_dir, f.read().strip())
+    pointer = os.path.join(save_dir, _POINTER)
+    pointed = None
+    if os.path.isfile(pointer):
+        with open(pointer) as f:
+            pointed = os.path.join(save_dir, f.read().strip())
     others = []
     if os.path.isdir(save_dir):
         for entry in os.scandir(save_dir):
             if (entry.name.endswith(".pth") and not entry.name.startswith(".")
                     and entry.is_file() and entry.path != pointed):
                 others.append((entry.stat().st_mtime_ns, entry.name, entry.path))
-    return [pointed] + [p for _, _, p in sorted(others, reverse=True)]
+    return ([pointed] if pointed else []) + [p for _, _, p in sorted(others, reverse=True)]
 
 
 def readable_resume_checkpoint(save_dir: str) -> str:

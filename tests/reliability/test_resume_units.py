@@ -130,9 +130,30 @@ def test_resume_with_no_readable_checkpoint_names_every_file(tmp_path):
     _three_checkpoints(tmp_path)
     for it in (2, 5, 8):
         (tmp_path / f"model_{it:07d}.pth").write_bytes(b"PK\x03\x04 cut")
-    with pytest.raises(CheckpointReadError, match="no checkpoint in .* can be read") as e:
+    with pytest.raises(CheckpointReadError, match="no checkpoint in .* can be resumed") as e:
         _checkpointer(tmp_path).resume_or_load("", resume=True)
     assert all(f"model_{it:07d}.pth" in str(e.value) for it in (2, 5, 8))
+
+
+def test_resume_without_a_pointer_uses_the_newest_complete_checkpoint(tmp_path, caplog):
+    # A deleted last_checkpoint (or a copied folder) must not make --resume start over at 0 in a
+    # folder full of checkpoints (and then cut metrics.json back to nothing).
+    _three_checkpoints(tmp_path)
+    (tmp_path / "last_checkpoint").unlink()
+    (tmp_path / "model_0000008.pth").write_bytes(b"PK\x03\x04 cut")
+    fresh = _checkpointer(tmp_path)
+    assert fresh.has_checkpoint()
+    with caplog.at_level(logging.WARNING):
+        data = fresh.resume_or_load("", resume=True)
+    assert data["iteration"] == 5 and fresh.resumed_file == str(tmp_path / "model_0000005.pth")
+    assert "has no last_checkpoint file; resuming from the newest complete checkpoint" in caplog.text
+    assert readable_resume_checkpoint(str(tmp_path)) == str(tmp_path / "model_0000005.pth")
+
+
+def test_resume_of_a_folder_with_only_weights_files_says_so(tmp_path):
+    torch.save({"model": nn.Conv2d(1, 1, 1).state_dict()}, tmp_path / "weights.pth")
+    with pytest.raises(CheckpointReadError, match="record no 'iteration'"):
+        _checkpointer(tmp_path).resume_or_load("", resume=True)
 
 
 _KILLED_IN_SAVE = textwrap.dedent("""
