@@ -50,7 +50,7 @@ def test_non_finite_loss_stops_naming_the_iteration(toy_playground, tmp_path):
 def _run(tmp_path, *command, **env):
     environ = dict(os.environ, DL_OUTPUT_ROOT=str(tmp_path / "out"), OMP_NUM_THREADS="1", **env)
     return subprocess.run(list(command), cwd=str(tmp_path), env=environ, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=300)
 
 
 def test_console_scripts_exit_2_with_one_line(tmp_path, toy_playground):

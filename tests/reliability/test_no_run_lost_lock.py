@@ -14,7 +14,7 @@ from dl_lib.engine.run_dir import RunLock
 from dl_lib.tools import train_net
 
 
-def _wait_for_holder(lock_file, pid, proc, timeout=120.0):
+def _wait_for_holder(lock_file, pid, proc, timeout=300.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]

@@ -183,7 +183,7 @@ _KILLED_IN_SAVE = textwrap.dedent("""
 
 def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one_resumable(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _KILLED_IN_SAVE, str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert not (tmp_path / "model_0000005.pth").exists()  # only a hidden temporary file
     assert any(n.startswith(".model_0000005.pth.tmp") for n in os.listdir(tmp_path))
