@@ -1,9 +1,11 @@
 """The output folder of a run: one job at a time, and no earlier run silently overwritten.
 
-* :class:`RunLock`: an exclusive ``flock`` on ``<folder>/.lock`` held for a whole run by the
-  process that owns the folder (``dl_train``: ``OUTPUT_DIR``; ``dl_test``: its inference folder).
-  The file records who holds it (pid, host, command, start time) for the refusal message. The
-  kernel drops a ``flock`` when its process dies, so a lock left by a killed run never blocks.
+* :class:`RunLock`: an exclusive POSIX record lock (``lockf``) on ``<folder>/.lock`` held for a
+  whole run by the process that owns the folder (``dl_train``: ``OUTPUT_DIR``; ``dl_test``: its
+  inference folder). The file records who holds it (pid, host, command, start time) for the
+  refusal message. The kernel drops the lock the moment its process dies, so a lock left by a
+  killed run never blocks; unlike ``flock``, forked children (data-loader workers that outlive a
+  killed parent by seconds) do not share it, so ``kill -9`` then ``--resume`` works at once.
 * :func:`prepare_training_dir`: a new training run (no ``--resume``) refuses a folder holding an
   earlier run, unless ``--overwrite``, which moves that run aside into ``<folder>.old-<time>/``
   (nothing is deleted).
@@ -11,6 +13,7 @@
   a resume keeps it and records a changed config as ``config.resume-<iter>.yaml``.
 """
 import datetime
+import errno
 import fnmatch
 import logging
 import os
@@ -28,6 +31,10 @@ __all__ = ["RunDirError", "RunLockedError", "ExistingRunError", "RunLock", "exis
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+# Lock file -> holder record, for the locks this process holds. POSIX locks never conflict within
+# one process, so a second RunLock on a folder in the same process is refused from here, before
+# the file is opened again: closing any descriptor of the file would drop the process's lock.
+_HELD_BY_THIS_PROCESS = {}
 # What an earlier training run leaves that a new one would overwrite or append to.
 _RUN_FILES = ("last_checkpoint", "model_*.pth", "metrics.json", "results.json")
 
@@ -47,7 +54,7 @@ class ExistingRunError(RunDirError):
 class RunLock:
     """Exclusive, non-blocking lock of a run folder (a context manager; re-usable once released).
 
-    ``RunLock(folder).acquire()`` creates ``folder`` and ``folder/.lock``, takes the ``flock``
+    ``RunLock(folder).acquire()`` creates ``folder`` and ``folder/.lock``, takes the lock
     and writes the holder's pid, host, command and start time into the file; raises
     ``RunLockedError`` naming the holder when a live process has it. ``release()`` empties the
     file and drops the lock. The file itself is never removed (a process waiting on a removed
@@ -62,6 +69,8 @@ class RunLock:
         self._file = None
 
     def acquire(self) -> "RunLock":
+        if self.path in _HELD_BY_THIS_PROCESS:
+            raise RunLockedError(self._locked_message(_HELD_BY_THIS_PROCESS[self.path]))
         os.makedirs(self.folder, exist_ok=True)
         f = open(self.path, "a+")  # never truncate before holding the lock: it names the holder
         try:
@@ -70,8 +79,11 @@ class RunLock:
             fcntl = None
         if fcntl is not None:
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EAGAIN):
+                    f.close()
+                    raise
                 f.seek(0)
                 holder = f.read().strip()
                 f.close()
@@ -79,9 +91,11 @@ class RunLock:
         f.seek(0)
         f.truncate()
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        f.write(f"pid: {os.getpid()}\nhost: {socket.gethostname()}\n"
-                f"command: {' '.join(sys.argv)}\nstarted: {started}\n")
+        record = (f"pid: {os.getpid()}\nhost: {socket.gethostname()}\n"
+                  f"command: {' '.join(sys.argv)}\nstarted: {started}\n")
+        f.write(record)
         f.flush()
+        _HELD_BY_THIS_PROCESS[self.path] = record.strip()
         self._file = f
         return self
 
@@ -93,11 +107,10 @@ class RunLock:
         try:
             import fcntl
 
-            # Explicitly: forked children (data-loader workers) share the open file, so closing
-            # this descriptor alone would not drop the lock while they live.
-            fcntl.flock(self._file, fcntl.LOCK_UN)
+            fcntl.lockf(self._file, fcntl.LOCK_UN)
         except ImportError:
             pass
+        _HELD_BY_THIS_PROCESS.pop(self.path, None)
         self._file.close()
         self._file = None
 

@@ -71,3 +71,45 @@ def test_dl_test_locks_its_inference_folder(toy_playground, tmp_path, capsys):
         assert not (inference / "results.json").exists()
     train_net.main_test(opts)  # free again
     assert (inference / "results.json").is_file()
+
+
+_HOLDER_WITH_A_FORKED_CHILD = """
+import os, sys, time
+from dl_lib.engine.run_dir import RunLock
+lock = RunLock(sys.argv[1]).acquire()  # kept: a collected RunLock closes its file
+if os.fork() == 0:  # like a data-loader worker: inherits the open lock file, outlives the parent
+    time.sleep(60)
+    os._exit(0)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_holder_s_forked_children_do_not_keep_the_lock(tmp_path):
+    # `kill -9` of dl_train then an immediate `--resume`: its orphaned loader workers live on for
+    # seconds with the lock file open; with flock they kept the lock and the resume was refused.
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER_WITH_A_FORKED_CHILD, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(Exception, match="in use"):
+            RunLock(str(tmp_path)).acquire()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        RunLock(str(tmp_path)).acquire().release()  # at once, while the child still lives
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+
+
+def test_a_second_lock_in_the_same_process_is_refused_and_keeps_the_first(tmp_path):
+    first = RunLock(str(tmp_path)).acquire()
+    try:
+        with pytest.raises(Exception, match="in use"):
+            RunLock(str(tmp_path)).acquire()
+        # the refusal did not drop the first lock (closing a descriptor drops POSIX locks)
+        probe = subprocess.run([sys.executable, "-c", "import sys; from dl_lib.engine.run_dir import "
+                                "RunLock; RunLock(sys.argv[1]).acquire()", str(tmp_path)],
+                               capture_output=True, text=True, timeout=120)
+        assert probe.returncode != 0 and "in use" in probe.stderr, probe.stderr[-2000:]
+    finally:
+        first.release()
