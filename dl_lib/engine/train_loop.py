@@ -233,6 +233,11 @@ class SimpleTrainer(TrainerBase):
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
 
+        # Models whose training depends on progress (drop-path schedules, a budget loss that
+        # starts part-way) define set_training_progress(iteration, max_iter).
+        set_progress = getattr(getattr(self.model, "module", self.model), "set_training_progress", None)
+        if set_progress is not None:
+            set_progress(self.iter, self.max_iter)
         with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp):
             loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):

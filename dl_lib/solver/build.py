@@ -3,7 +3,10 @@
 Rules (DynamicRouting / detectron2 v0.1 semantics, kept so their configs train the same):
 - parameters of normalisation layers (weight and bias) use ``WEIGHT_DECAY_NORM`` at ``BASE_LR``;
 - other biases use ``WEIGHT_DECAY_BIAS`` at ``BASE_LR * BIAS_LR_FACTOR``;
-- everything else uses ``WEIGHT_DECAY`` at ``BASE_LR``.
+- everything else uses ``WEIGHT_DECAY`` at ``BASE_LR``;
+- a model that defines ``param_lr_multiplier(name) -> float`` (``name`` as in
+  ``named_parameters()``) has each learning rate multiplied by it (DynamicRouting's
+  ``GATE_LR_MULTI`` on its gate networks).
 Parameters with ``requires_grad=False`` (frozen stages) are left out, and a parameter shared by
 several modules is counted once. Parameters with identical hyper-parameters share one group, so
 an optimizer has a handful of groups rather than one per tensor.
@@ -42,7 +45,9 @@ def get_default_optimizer_params(model: nn.Module, base_lr: float, weight_decay:
     """
     groups: "OrderedDict[Tuple[float, float], List[nn.Parameter]]" = OrderedDict()
     seen = set()
-    for module in model.modules():
+    bare = getattr(model, "module", model)  # DistributedDataParallel wraps the model
+    lr_multiplier = getattr(bare, "param_lr_multiplier", None)
+    for module_name, module in bare.named_modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
@@ -52,6 +57,8 @@ def get_default_optimizer_params(model: nn.Module, base_lr: float, weight_decay:
                 decay = weight_decay_norm
             elif name == "bias":
                 lr, decay = base_lr * bias_lr_factor, weight_decay_bias
+            if lr_multiplier is not None:
+                lr *= float(lr_multiplier(f"{module_name}.{name}" if module_name else name))
             groups.setdefault((lr, decay), []).append(param)
     return [{"params": params, "lr": lr, "weight_decay": decay}
             for (lr, decay), params in groups.items()]

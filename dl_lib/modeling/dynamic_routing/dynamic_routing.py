@@ -785,7 +785,7 @@ class DynamicRoutingSegmentor(SemanticSegmentor):
             if warm > 0:
                 losses["loss_budget"] = budget_loss(cost.expt, flops_all, self.budget["loss_mu"],
                                                     self.budget["loss_weight"], warm)
-            losses.update(real_gflops=float(cost.real.mean()) / 1e3,
+            losses.update(real_gflops=float(cost.real.detach().mean()) / 1e3,
                           expt_gflops=float(cost.expt.detach().mean()) / 1e3,
                           budget_ratio=float(ratio.detach()))
             return losses
