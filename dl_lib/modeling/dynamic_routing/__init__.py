@@ -6,3 +6,4 @@ family's config keys (``family="dynamic_routing"``) and the checkpoint converter
 """
 from . import config  # noqa: F401  (registers add_dynamic_routing_config)
 from .dynamic_routing import *  # noqa: F401,F403
+from . import convert  # noqa: F401,E402  (registers the released-checkpoint converters)

@@ -302,6 +302,14 @@ class DynamicNetwork(Backbone):
     def size_divisibility(self) -> int:
         return self.max_stride
 
+    @classmethod
+    def convert_pretrained(cls, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """``MODEL.PRETRAINED``: the released ImageNet Layer16-Fix / Layer33-Fix files (and our
+        own DynamicNetwork state dicts) -> this class's names; see ``convert.py``."""
+        from .convert import convert_pretrained_backbone  # convert.py imports this module
+
+        return convert_pretrained_backbone(state_dict)
+
     def _init_weights(self, gate_bias: float) -> None:
         # The original's kaiming_init_module: Kaiming-normal (fan_in, relu), conv biases 0, BN 1/0,
         # and the gates' last bias GATE_INIT_BIAS (tanh(1.5) = 0.905: routes start open).
