@@ -243,6 +243,13 @@ class PreciseBN(HookBase):
                     logger.info(f"Running precise-BN ... {num_iter}/{self._num_iter} iterations.")
                 yield next(self._data_iter)
 
+        # Statistics of the network as it runs at inference: a model with a training schedule
+        # (drop path) is set to progress 0 meanwhile, as DynamicRouting's precise BN ran it.
+        # The trainer sets the progress again before the next step.
+        set_progress = getattr(getattr(self._model, "module", self._model),
+                               "set_training_progress", None)
+        if set_progress is not None:
+            set_progress(0, self.trainer.max_iter)
         with torch.no_grad():  # update_bn_stats discards the outputs (losses in training mode)
             logger.info(f"Running precise-BN for {self._num_iter} iterations ...")
             _precise_bn().update_bn_stats(self._model, data_loader(), self._num_iter)

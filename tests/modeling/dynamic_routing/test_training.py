@@ -15,7 +15,7 @@ from toy_data import write_split
 from dl_lib import playground
 from dl_lib.config import config_from_delta
 from dl_lib.data import DatasetCatalog, register_sem_seg
-from dl_lib.engine import SimpleTrainer
+from dl_lib.engine import SimpleTrainer, hooks
 from dl_lib.modeling import build_model
 from dl_lib.modeling.dynamic_routing.dynamic_routing import MixedOp
 from dl_lib.solver import build_lr_scheduler, build_optimizer
@@ -109,6 +109,29 @@ def test_trainer_drives_the_drop_path_schedule_in_training_only(monkeypatch):
             model(data)
         assert all(keep == 1.0 and not training for _, _, keep, training in calls), mode
         assert len(calls) >= (len(layer_of) if mode == "dense" else 1), mode
+
+
+def test_precise_bn_runs_without_drop_path(monkeypatch):
+    """Precise BN at the end of training (SDP0_3 has it) gathers the statistics of the network
+    that runs at inference: keep = 1, as the original's precise BN at progress 0."""
+    cfg, model = _narrow(BACKBONE=dict(DROP_PROB=0.3))
+    keeps = []
+    forward = MixedOp.forward
+
+    def recording(self, x, keep_prob=1.0):
+        keeps.append(keep_prob)
+        return forward(self, x, keep_prob)
+
+    monkeypatch.setattr(MixedOp, "forward", recording)
+    data = _batch([(64, 64), (64, 64)])
+    hook = hooks.PreciseBN(0, model, itertools.repeat(data), num_iter=2)
+    trainer = SimpleTrainer(model, itertools.repeat(data), torch.optim.SGD(model.parameters(), lr=0.0))
+    trainer.register_hooks([hook])
+    trainer.train(9, 10)  # the last iteration: training at progress 0.9, then precise BN
+    n = len(list(model.backbone.cells()))
+    assert len(keeps) == 3 * n  # one training step, two precise-BN batches
+    assert min(keeps[:n]) == pytest.approx(1 - 0.9 * 0.3)
+    assert keeps[n:] == [1.0] * (2 * n)
 
 
 # ------------------------------------------------------------------------------ optimizer
