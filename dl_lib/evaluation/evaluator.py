@@ -5,6 +5,7 @@ padding, no duplicates); the evaluator gathers its state to the main process in 
 """
 import datetime
 import logging
+import statistics
 import time
 from collections import OrderedDict
 from contextlib import ExitStack, contextmanager
@@ -92,6 +93,35 @@ def _sync_device(model):
         torch.cuda.synchronize()
 
 
+def _device_of(model: nn.Module) -> str:
+    """Where the model runs, for the latency record: ``"cuda:0 (NVIDIA H200)"``, ``"cpu (2
+    threads)"``."""
+    p = next(iter(model.parameters()), None)
+    device = p.device if p is not None else torch.device("cpu")
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return str(device)
+
+
+def _summarize_latency(image_ms: List[float], device: str, with_costs: bool) -> dict:
+    """Per-image compute times of all ranks -> ``{"ms_per_image": median, ...}`` on the main one."""
+    gathered = comm.gather(image_ms)
+    if not comm.is_main_process():
+        return {}
+    times = [t for part in gathered for t in part]
+    if not times:
+        return {}
+    summary = {"ms_per_image": statistics.median(times), "mean_ms_per_image": statistics.fmean(times),
+               "num_images": len(times), "device": device}
+    note = " (includes counting TEST.COST_CONVENTIONS)" if with_costs else ""
+    logger.info(f"Latency per image on {device}: median {summary['ms_per_image']:.2f} ms, mean "
+                f"{summary['mean_ms_per_image']:.2f} ms over {len(times)} timed images{note}")
+    return summary
+
+
 def _executed_cost(model: nn.Module, inputs: List[dict], conventions: Sequence[str], costs: list):
     """``model(inputs)`` under a :class:`CostTracker`; appends {convention: GFLOPs} per image."""
     with CostTracker(model, conventions, num_images=len(inputs)) as tracker:
@@ -130,6 +160,10 @@ def inference_on_dataset(model: nn.Module, data_loader: Iterable,
     model's own ``"flops"`` entries, which the evaluator reports as before. The compute time
     then includes the counting.
 
+    Latency: the model's compute time per image (a batch's time split over its images, device
+    synchronised, warm-up batches excluded) is added as ``{"time": {"ms_per_image": median,
+    "mean_ms_per_image": mean, "num_images": timed images, "device": "cpu (2 threads)"}}``.
+
     Returns ``evaluator.evaluate()``: ``{"sem_seg": {"mIoU": ...}, ...}`` on the main process,
     ``None`` (or ``{}``) elsewhere. Every rank must call this function.
     """
@@ -153,6 +187,7 @@ def inference_on_dataset(model: nn.Module, data_loader: Iterable,
     start_time = time.perf_counter()
     total_compute = total_data = total_eval = 0.0
     n_images = n_timed = 0
+    image_ms: List[float] = []  # compute time of each timed image (its batch's share)
     with ExitStack() as stack:
         stack.enter_context(inference_context(model))
         stack.enter_context(torch.no_grad())
@@ -170,7 +205,10 @@ def inference_on_dataset(model: nn.Module, data_loader: Iterable,
             else:
                 outputs = model(inputs)
             _sync_device(model)
-            total_compute += time.perf_counter() - compute_start
+            compute = time.perf_counter() - compute_start
+            total_compute += compute
+            if idx >= num_warmup and len(inputs):
+                image_ms.extend([1e3 * compute / len(inputs)] * len(inputs))
 
             eval_start = time.perf_counter()
             evaluator.process(inputs, outputs)
@@ -203,6 +241,9 @@ def inference_on_dataset(model: nn.Module, data_loader: Iterable,
     # an evaluator with nothing to report returns None; callers may still index the result
     if results is None:
         results = {}
+    latency = _summarize_latency(image_ms, _device_of(model), bool(cost_conventions))
+    if comm.is_main_process() and latency:
+        results["time"] = latency
     if cost_conventions:
         cost = _summarize_executed(costs, cost_conventions)
         if comm.is_main_process():
