@@ -224,13 +224,13 @@ def test_dl_train_logs_and_evaluates_the_routing_flops(tmp_path, monkeypatch):
             "--playground", os.path.join(DYNAMIC, "Seg.Layer16.SmallGate.Dynamic_A"),
             "MODEL.DEVICE", "cpu", "MODEL.BACKBONE.LAYER_NUM", str(LAYERS),
             "MODEL.BACKBONE.INIT_CHANNEL", "8",
-            # derived from the 64x64 crop, so the ratio is near 1 at the start
+            # derived from the 128x128 crop, so the ratio is near 1 at the start
             "MODEL.BUDGET.FLOPS_ALL", "0",
             "DATASETS.TRAIN", f"('{names['train']}',)", "DATASETS.TEST", f"('{names['val']}',)",
             "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
-            "INPUT.MIN_SIZE_TRAIN", "[64]", "INPUT.MAX_SIZE_TRAIN", "256",
-            "INPUT.CROP_PAD.SIZE", "[64, 64]", "INPUT.MIN_SIZE_TEST", "48",
-            "INPUT.MAX_SIZE_TEST", "256",
+            "INPUT.MIN_SIZE_TRAIN", "[96, 128]", "INPUT.MAX_SIZE_TRAIN", "512",
+            "INPUT.CROP_PAD.SIZE", "[128, 128]", "INPUT.MIN_SIZE_TEST", "128",
+            "INPUT.MAX_SIZE_TEST", "512",
             "SOLVER.LR_SCHEDULER.MAX_ITER", str(max_iter), "SOLVER.LR_SCHEDULER.WARMUP_ITERS", "1",
             "SOLVER.CHECKPOINT_PERIOD", "100", "LOG_PERIOD", "1", "SEED", "0"])
     finally:
