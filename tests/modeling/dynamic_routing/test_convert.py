@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import re
-import textwrap
 
 import pytest
 import torch
@@ -303,19 +302,23 @@ def test_the_comparison_fails_on_a_wrong_conversion(routed, routed_model):
     assert float((ours - refs[0][0][0]).abs().max() / refs[0][0].abs().max()) > 1e-2
 
 
-@pytest.mark.xfail(strict=True, reason="deliberate deviation (issue point 4): a cell whose input "
-                   "routes are all closed is not computed; the original computes it on zeros")
-def test_cell_fed_only_by_closed_routes_matches_the_original(dump, tmp_path):
+def test_cell_fed_only_by_closed_routes_is_the_one_known_deviation(dump, tmp_path):
+    """Issue point 4 asks that a cell whose input routes are all closed is not computed; the
+    original computes it on an all-zero input (its closed routes are zero tensors), which is not
+    zero after BN biases. So there our logits follow that rule (the original restated with closed
+    routes absent) and differ from the original's; nowhere else (the tests above)."""
     sd = random_original_weights(dump)
-    close_gates(sd, "6.3", ["keep", "up"], GATE_ORDER)  # 7.3 gets keep(6.3)=0 and down(6.2)
+    close_gates(sd, "6.3", ["keep"], GATE_ORDER)  # 7.3 gets keep(6.3) = 0 and down(6.2) = 0
     close_gates(sd, "6.2", ["down"], GATE_ORDER)
     img = images_rgb(64, 64, n=1)[0]
-    ref, rec = original_logits(sd, bgr(img))
-    assert "7.3" in rec.zero_input_cells
-    ours_rule, _ = original_logits(sd, bgr(img), absent_when_closed=True)  # our rule restated
+    original, rec = original_logits(sd, bgr(img))
+    assert rec.zero_input_cells == ["7.3"]
+    our_rule, _ = original_logits(sd, bgr(img), absent_when_closed=True)
     model = released_model(sd, tmp_path)
-    assert_rel_close(eval_logits(model, [img], "subbatch")[0], ours_rule[0], what="our rule")
-    assert_rel_close(eval_logits(model, [img], "subbatch")[0], ref[0], what="the original")
+    for mode in SKIP_MODES:
+        ours = eval_logits(model, [img], mode)[0]
+        assert_rel_close(ours, our_rule[0], what=f"{mode}, closed routes absent")
+        assert float((ours - original[0]).abs().max() / original.abs().max()) > 1e-3, mode
 
 
 def test_fix_network_round_trip(dump, tmp_path):
@@ -330,6 +333,7 @@ def test_fix_network_round_trip(dump, tmp_path):
     assert_rel_close(eval_logits(model, [img], "subbatch")[0], ref[0], what="Fix")
 
 
+@pytest.mark.slow
 def test_layer33_small_gate_round_trip(tmp_path):
     """Layer33-shaped (narrow: INIT_CHANNEL 8), with SMALL_GATE: keys from our model with the
     renaming rule reversed, routes partly closed."""
@@ -343,8 +347,7 @@ def test_layer33_small_gate_round_trip(tmp_path):
     ref, rec = original_logits(sd, bgr(img), small_gate=True)
     assert "20.1" in rec.skipped and rec.zero_input_cells == []
     model = released_model(sd, tmp_path, build=dynamic_routing_layer33, init_channel=8, small_gate=True)
-    for mode in SKIP_MODES:
-        assert_rel_close(eval_logits(model, [img], mode)[0], ref[0], what=f"Layer33 {mode}")
+    assert_rel_close(eval_logits(model, [img], "subbatch")[0], ref[0], what="Layer33")
 
 
 def _imagenet_backbone_file(dump, tmp_path):
@@ -411,27 +414,15 @@ def _tool():
     return module
 
 
-@pytest.fixture
-def layer16_playground(tmp_path):
-    folder = tmp_path / "playground" / "Dynamic" / "Seg.Layer16.Convert"
-    folder.mkdir(parents=True)
-    (folder / "config.py").write_text(textwrap.dedent("""
-        from dl_lib.config import config_from_delta
-        config = config_from_delta(dict(MODEL=dict(
-            META_ARCHITECTURE="DynamicRoutingSegmentor", DEVICE="cpu",
-            PIXEL_MEAN=[123.675, 116.28, 103.53], PIXEL_STD=[1.0, 1.0, 1.0],
-            BACKBONE=dict(NORM="BN"), SEM_SEG_HEAD=dict(NUM_CLASSES=19, NORM="BN"))),
-            family="dynamic_routing")
-    """))
-    (folder / "net.py").write_text(textwrap.dedent("""
-        import dl_lib.modeling.dynamic_routing  # noqa: F401
-        from dl_lib.modeling import build_model
-    """))
-    return str(folder)
+PLAYGROUNDS = os.path.join(REPO, "playground", "Dynamic")
 
 
-def test_convert_tool(dump, tmp_path, layer16_playground, capsys):
+@pytest.mark.slow
+def test_convert_tool(dump, tmp_path, capsys):
+    """With the published playgrounds: a released Layer16 model, the ImageNet backbone (what it
+    lacks by design named), and files that do not fit (named, nothing written)."""
     tool = _tool()
+    layer16_playground = os.path.join(PLAYGROUNDS, "Seg.Layer16")
     sd = random_original_weights(dump, seed=11)
     src = save_released(sd, tmp_path / "released.pth")
     out = str(tmp_path / "converted" / "layer16.pth")
@@ -449,7 +440,8 @@ def test_convert_tool(dump, tmp_path, layer16_playground, capsys):
 
     # an ImageNet backbone: what the layout lacks by design is named, the rest is strict
     _, backbone = _imagenet_backbone_file(dump, tmp_path)
-    assert tool.main([backbone, str(tmp_path / "bb.pth"), "--playground", layer16_playground]) == 0
+    assert tool.main([backbone, str(tmp_path / "bb.pth"), "--playground",
+                      os.path.join(PLAYGROUNDS, "Seg.Layer16.ImageNet")]) == 0
     printed = capsys.readouterr().out
     assert "an ImageNet backbone file has no decoder" in printed
     assert "a no-gate (Fix) network has no gates" in printed
