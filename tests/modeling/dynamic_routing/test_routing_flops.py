@@ -210,10 +210,11 @@ def expected_costs(gates: Dict[str, List[List[float]]], n: int, net: Net = TINY)
 
 
 # ------------------------------------------------------------------ building the tiny network
-def tiny_model(skip_mode="subbatch"):
+def tiny_model(skip_mode="subbatch", small_gate=False):
     torch.manual_seed(0)
     model = dynamic_routing_layer16(layer_num=LAYERS, cell_num_list=CELLS, init_channel=C0,
-                                    norm="BN", num_classes=NUM_CLASSES, skip_mode=skip_mode)
+                                    norm="BN", num_classes=NUM_CLASSES, skip_mode=skip_mode,
+                                    small_gate=small_gate)
     cells = model.backbone.cells_dict()
     for name, design in DESIGN.items():
         last = cells[name].gate_conv_beta[2]
@@ -227,9 +228,9 @@ def tiny_model(skip_mode="subbatch"):
     return model.eval()
 
 
-def tiny_batch():
+def tiny_batch(height=H, width=W):
     torch.manual_seed(1)
-    x = torch.randn(3, 3, H, W)
+    x = torch.randn(3, 3, height, width)
     x[ZERO_IMAGE] = 0.0
     return x
 
@@ -287,10 +288,12 @@ def test_eval_outputs_carry_the_three_counts_in_gflops():
 
 
 # ------------------------------------------------------------------ corrected = executed
-@pytest.mark.parametrize("skip_mode", ["subbatch", "per_image"])
-def test_corrected_tracked_part_equals_the_executed_count_per_image(skip_mode):
-    model = tiny_model(skip_mode)
-    x = tiny_batch()
+@pytest.mark.parametrize("skip_mode,small_gate", [
+    ("subbatch", False), ("per_image", False), ("subbatch", True)])
+def test_corrected_tracked_part_equals_the_executed_count_per_image(skip_mode, small_gate):
+    model = tiny_model(skip_mode, small_gate)
+    # SMALL_GATE runs the gates at 1/4 size: 128 x 256 keeps the stride-32 gates at 1 x 2
+    x = tiny_batch(*((2 * H, 2 * W) if small_gate else (H, W)))
     with torch.no_grad(), CostTracker(model, ["dynamic_routing"], num_images=3) as tracker:
         model.forward_logits(x)
     executed = [c["dynamic_routing"] * 1e3 for c in tracker.per_image()]  # GFLOPs -> MFLOPs
