@@ -12,7 +12,7 @@ import torch
 from toy_data import write_split
 
 from dl_lib import playground
-from dl_lib.data import DatasetCatalog, build_train_loader, register_sem_seg
+from dl_lib.data import DatasetCatalog, MetadataCatalog, build_train_loader, register_sem_seg
 from dl_lib.engine import SimpleTrainer
 from dl_lib.solver import build_optimizer
 
@@ -164,13 +164,12 @@ def toy_dataset(tmp_path_factory):
     """``TOY``: four 48x80 RGB images, labels 0/1 with an ignored top row, 19 class names."""
     root = str(tmp_path_factory.mktemp("dynamic_routing_toy"))
     write_split(root, "train", 4, seed=0, size=(48, 80))
-    if TOY in DatasetCatalog:
-        DatasetCatalog.remove(TOY)
     register_sem_seg(TOY, os.path.join(root, "train", "images"),
                      os.path.join(root, "train", "labels"),
                      classes=[f"class{i}" for i in range(19)], image_ext=".png")
     yield TOY
     DatasetCatalog.remove(TOY)
+    MetadataCatalog.remove(TOY)
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if "Layer33" in n else n

@@ -14,7 +14,7 @@ from toy_data import write_split
 
 from dl_lib import playground
 from dl_lib.config import config_from_delta
-from dl_lib.data import DatasetCatalog, register_sem_seg
+from dl_lib.data import DatasetCatalog, MetadataCatalog, register_sem_seg
 from dl_lib.engine import SimpleTrainer, hooks
 from dl_lib.modeling import build_model
 from dl_lib.modeling.dynamic_routing.dynamic_routing import MixedOp
@@ -202,18 +202,22 @@ def test_labels_are_padded_with_255_and_the_padding_is_not_in_the_loss():
 
 
 # ------------------------------------------------------------------------------ dl_train
-def test_dl_train_logs_and_evaluates_the_routing_flops(tmp_path, monkeypatch):
-    """Dynamic-A narrowed on the command line: metrics.json has real/expected GFLOPs every
-    iteration and loss_budget from 40% of training on (after its ramp starts), and the final
-    evaluation reports the per-image GFLOPs."""
+@pytest.mark.parametrize("name,extra", [
+    # the budget loss; FLOPS_ALL derived from the 128x128 crop, so the ratio starts near 1
+    ("Seg.Layer16.SmallGate.Dynamic_A", ["MODEL.BUDGET.FLOPS_ALL", "0"]),
+    # drop path, and precise BN (on in this recipe) over 2 batches before the evaluation
+    ("Seg.Layer16.Iter560k.SDP0_3", ["TEST.PRECISE_BN.NUM_ITER", "2"]),
+])
+def test_dl_train_logs_and_evaluates_the_routing_flops(name, extra, tmp_path, monkeypatch):
+    """A published recipe narrowed on the command line: metrics.json has real/expected GFLOPs
+    every iteration and loss_budget (Dynamic-A) from 40% of training on, after its ramp starts;
+    the final evaluation reports the per-image GFLOPs."""
     data = str(tmp_path / "data")
     write_split(data, "train", 4, seed=0, size=(48, 80))
     write_split(data, "val", 2, seed=1, size=(48, 80))
     names = {}
     for split in ("train", "val"):
         names[split] = f"dynamic_routing_dl_train_{split}"
-        if names[split] in DatasetCatalog:
-            DatasetCatalog.remove(names[split])
         register_sem_seg(names[split], os.path.join(data, split, "images"),
                          os.path.join(data, split, "labels"),
                          classes=[f"class{i}" for i in range(19)], image_ext=".png")
@@ -221,35 +225,37 @@ def test_dl_train_logs_and_evaluates_the_routing_flops(tmp_path, monkeypatch):
     max_iter = 5
     try:
         rc = train_net.main_train([
-            "--playground", os.path.join(DYNAMIC, "Seg.Layer16.SmallGate.Dynamic_A"),
+            "--playground", os.path.join(DYNAMIC, name),
             "MODEL.DEVICE", "cpu", "MODEL.BACKBONE.LAYER_NUM", str(LAYERS),
             "MODEL.BACKBONE.INIT_CHANNEL", "8",
-            # derived from the 128x128 crop, so the ratio is near 1 at the start
-            "MODEL.BUDGET.FLOPS_ALL", "0",
             "DATASETS.TRAIN", f"('{names['train']}',)", "DATASETS.TEST", f"('{names['val']}',)",
             "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
             "INPUT.MIN_SIZE_TRAIN", "[96, 128]", "INPUT.MAX_SIZE_TRAIN", "512",
             "INPUT.CROP_PAD.SIZE", "[128, 128]", "INPUT.MIN_SIZE_TEST", "128",
             "INPUT.MAX_SIZE_TEST", "512",
             "SOLVER.LR_SCHEDULER.MAX_ITER", str(max_iter), "SOLVER.LR_SCHEDULER.WARMUP_ITERS", "1",
-            "SOLVER.CHECKPOINT_PERIOD", "100", "LOG_PERIOD", "1", "SEED", "0"])
+            "SOLVER.CHECKPOINT_PERIOD", "100", "LOG_PERIOD", "1", "SEED", "0", *extra])
     finally:
-        for name in names.values():
-            DatasetCatalog.remove(name)
+        for dataset in names.values():
+            DatasetCatalog.remove(dataset)
+            MetadataCatalog.remove(dataset)
     assert rc in (None, 0)
-    out = tmp_path / "out" / "Dynamic" / "Seg.Layer16.SmallGate.Dynamic_A"
+    budget = "Dynamic_A" in name
+    out = tmp_path / "out" / "Dynamic" / name
     rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     rows = {r["iteration"]: r for r in rows if "loss_sem_seg" in r}
     assert sorted(rows) == list(range(max_iter))
     for it, r in rows.items():
         assert r["real_gflops"] > r["expt_gflops"] > 0
         # UNUPDATE_RATE 0.4: off at progress 0, 0.2, 0.4 (the ramp starts at 0), on at 0.6, 0.8.
-        assert ("loss_budget" in r) == (it / max_iter > 0.4), it
+        assert ("loss_budget" in r) == (budget and it / max_iter > 0.4), it
         if "loss_budget" in r:  # (metrics.json holds medians over the log window)
             assert 0 < r["loss_budget"] <= 0.8
-        assert 0.5 < r["budget_ratio"] <= 1.0  # derived FLOPS_ALL: every route open is 1
+        if budget:
+            assert 0.5 < r["budget_ratio"] <= 1.0  # derived FLOPS_ALL: every route open is 1
 
     results = json.loads((out / "results.json").read_text())[names["val"]]["sem_seg"]
-    for name in ("real_gflops", "real_corrected_gflops", "expt_gflops"):
-        assert 0 < results[f"min_{name}"] <= results[f"mean_{name}"] <= results[f"max_{name}"]
+    for key in ("real_gflops", "real_corrected_gflops", "expt_gflops"):
+        assert 0 < results[f"min_{key}"] <= results[f"mean_{key}"] <= results[f"max_{key}"]
     assert "mIoU" in results
+    assert ("Running precise-BN" in (out / "log.txt").read_text()) == (not budget)
