@@ -20,7 +20,14 @@ possibly without a decoder. They load two ways:
 - ``MODEL.PRETRAINED``: ``DynamicNetwork.convert_pretrained`` (:func:`convert_pretrained_backbone`)
   flips the stem, strips ``backbone.`` and drops the decoder.
 
-They are recognised by their ``gate_weights_beta`` buffers (:func:`is_released_layout`).
+They are recognised by their ``gate_weights_beta`` buffers (:func:`is_released_layout`); a gated
+backbone without decoder has no such marker: ``tools/convert_checkpoint.py --converter
+dynamic_routing_released`` converts it.
+
+Given the same weights, our eval-mode logits equal the original's in every skip mode
+(``tests/modeling/dynamic_routing/test_convert.py``), with one deliberate exception: a cell all of
+whose input routes are closed is not computed here (real skipping), while the original runs it on
+an all-zero input.
 
 A file of another model (a ResNet, say) raises an error that says what the file looks like and
 which layout was expected (:func:`describe_layout`).

@@ -446,6 +446,18 @@ def test_convert_tool(dump, tmp_path, capsys):
     assert "an ImageNet backbone file has no decoder" in printed
     assert "a no-gate (Fix) network has no gates" in printed
 
+    # a gated backbone without its decoder carries no marker of the released layout: it is read
+    # as ours (and refused: no decoder), unless the converter is named
+    gated = {k: v for k, v in sd.items() if k.startswith("backbone.")}
+    src_gated = save_released(gated, tmp_path / "gated_backbone.pth")
+    assert tool.main([src_gated, str(tmp_path / "g.pth"), "--playground", layer16_playground]) == 2
+    assert "no converter matched" in capsys.readouterr().err
+    assert tool.main([src_gated, str(tmp_path / "g.pth"), "--converter", "dynamic_routing_released",
+                      "--playground", layer16_playground]) == 0
+    assert "an ImageNet backbone file has no decoder" in capsys.readouterr().out
+    assert torch.equal(torch.load(tmp_path / "g.pth", weights_only=True)["model"][STEM_INPUT_CONV],
+                       sd[STEM_INPUT_CONV].flip(1))
+
     # a tensor missing for no such reason, or another network, is an error naming it
     del sd["backbone.all_cell_list.9.1.res_up.1.weight"]
     save_released(sd, tmp_path / "broken.pth")
