@@ -353,6 +353,12 @@ def all_open_cost(build, height, width, **kw):
     return model, model.last_cost
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _free_cached_models():
+    yield
+    all_open_cost.cache_clear()  # the full-size models hold hundreds of MB
+
+
 def test_shapes_only_gives_the_real_forward_costs():
     """The trick changes no count: the tiny network's costs with shapes only = a real forward."""
     model, cost = run_tiny()
