@@ -58,6 +58,11 @@ def soft_gate(x: torch.Tensor) -> torch.Tensor:
     return F.relu(torch.tanh(x))
 
 
+def small_gate_size(h: int, w: int) -> Tuple[int, int]:
+    """Size of a small gate's input: a quarter of the cell's (at least 1 pixel)."""
+    return max(math.floor(h * 0.25), 1), max(math.floor(w * 0.25), 1)
+
+
 def _conv_bn_relu(c_in: int, c_out: int, norm: str, stride: int = 1) -> Conv2d:
     return Conv2d(c_in, c_out, 1, stride=stride, bias=False, norm=get_norm(norm, c_out),
                   activation=nn.ReLU(inplace=True))
@@ -171,7 +176,11 @@ class Cell(nn.Module):
         if not self.gate_on:
             return x.new_ones(x.shape[0], self.gate_num)
         if self.small_gate:
-            x = F.interpolate(x, scale_factor=0.25, mode="bilinear", align_corners=False)
+            if min(x.shape[-2:]) >= 4:
+                x = F.interpolate(x, scale_factor=0.25, mode="bilinear", align_corners=False)
+            else:  # under 4 pixels (stride-32 cells of a 64-pixel input): 1 pixel, not an error
+                x = F.interpolate(x, size=small_gate_size(*x.shape[-2:]), mode="bilinear",
+                                  align_corners=False)
         return soft_gate(self.gate_conv_beta(x).flatten(1))
 
     def keep(self, h: torch.Tensor) -> torch.Tensor:
@@ -253,11 +262,39 @@ def _channels_last(x: torch.Tensor) -> bool:
 
 
 def _select(x: torch.Tensor, positions: List[int], n: int) -> torch.Tensor:
-    """Rows ``positions`` of x (n rows); x itself when that is all of them in order."""
-    if len(positions) == n and positions == list(range(n)):
+    """Rows ``positions`` (sorted) of x (n rows): x itself for all of them, a view for a run of
+    consecutive rows, else one gather (which keeps x's memory format)."""
+    if len(positions) == n:
         return x
-    y = x[torch.tensor(positions, device=x.device)]
-    return y.contiguous(memory_format=torch.channels_last) if _channels_last(x) else y
+    a, b = positions[0], positions[-1] + 1
+    if b - a == len(positions):
+        return x[a:b]
+    return x[torch.tensor(positions, device=x.device)]
+
+
+def _add_rows(acc: Optional[torch.Tensor], rows: List[int], y: torch.Tensor, m: int,
+              like: torch.Tensor) -> torch.Tensor:
+    """``acc[rows] += y`` (acc: m rows; None = zeros), in place where autograd allows it."""
+    if acc is None:
+        acc = like.new_zeros((m,) + tuple(y.shape[1:]))
+        if _channels_last(y):
+            acc = acc.contiguous(memory_format=torch.channels_last)
+    if len(rows) == m:
+        return acc.add_(y) if not torch.is_grad_enabled() else acc + y
+    idx = torch.tensor(rows, device=y.device)
+    if torch.is_grad_enabled():
+        return acc.index_add(0, idx, y)
+    return acc.index_add_(0, idx, y)
+
+
+@dataclass
+class _Piece:
+    """Sparse inference: a route's output for the images ``images`` (sorted batch indices), each
+    already times its gate ``gates`` (floats); ``cost``: the route's paper MFLOPs."""
+    x: torch.Tensor
+    images: List[int]
+    gates: List[float]
+    cost: float
 
 
 # ------------------------------------------------------------------------------------ backbone
@@ -381,7 +418,7 @@ class DynamicNetwork(Backbone):
             return 0.0, 0.0
         c = cell.channels
         if cell.small_gate:
-            h4, w4 = math.floor(h * 0.25), math.floor(w * 0.25)
+            h4, w4 = small_gate_size(h, w)
             return fl.gate(h4, w4, c, cell.gate_num) + cell.gate_num * fl.M, fl.interpolation(h4, w4, c)
         return fl.gate(h, w, c, cell.gate_num) + cell.gate_num * fl.M, 0.0
 
@@ -409,8 +446,12 @@ class DynamicNetwork(Backbone):
         if not self.training and self.skip_mode == "per_image" and n > 1:
             feats, costs = [], []
             for i in range(n):
-                with cost_scope([i]):
-                    f, c = self._forward(x[i:i + 1], sparse=True)
+                self._image_ids = [i]  # cost scopes inside name image i of the whole batch
+                try:
+                    with cost_scope([i]):
+                        f, c = self._forward(x[i:i + 1], sparse=True)
+                finally:
+                    self._image_ids = None
                 feats.append(f)
                 costs.append(c)
             out = {k: torch.cat([f[k] for f in feats]) for k in feats[0]}
@@ -420,7 +461,15 @@ class DynamicNetwork(Backbone):
                                     cat("real_tracked"), costs[0].expt_all, gates)
         return self._forward(x, sparse=not self.training and self.skip_mode != "dense")
 
+    def _cost_scope(self, images: List[int]):
+        """cost_scope of these images of the current forward's batch, as indices of the whole
+        batch (per_image mode runs one image at a time)."""
+        ids = getattr(self, "_image_ids", None)
+        return cost_scope(images if ids is None else [ids[i] for i in images])
+
     def _forward(self, x: torch.Tensor, sparse: bool):
+        if sparse:
+            return self._forward_sparse(x)
         n = x.shape[0]
         thr = self.skip_threshold
         hard = not self.training  # closed gates are exactly closed; idle cells produce nothing
@@ -526,6 +575,17 @@ class DynamicNetwork(Backbone):
         acc["tracked"], acc["extra"] = self._corrected(cell, g, active, runs, n_in, thr, h, w)
         return out, acc
 
+    @staticmethod
+    def _route_corrected(cell: Cell, h: int, w: int) -> Dict[str, Tuple[float, float]]:
+        """Route -> (tracked, extra: interpolation and the gate product) MFLOPs of one image."""
+        c, hw = cell.channels, h * w * fl.M
+        h2, w2 = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        return {
+            "keep": (fl.keep_route(h, w, c), hw * c),
+            "up": (fl.up_route(h, w, c), fl.interpolation(2 * h, 2 * w, c // 2) + 4 * hw * (c // 2)),
+            "down": (fl.relu(h, w, c) + (2 * c * c + 3 * 2 * c) * h2 * w2 * fl.M, 2 * c * h2 * w2 * fl.M),
+        }
+
     def _corrected(self, cell: Cell, g: torch.Tensor, active: torch.Tensor, runs: torch.Tensor,
                    n_in: torch.Tensor, thr: float, h: int, w: int):
         """(tracked, extra) MFLOPs per image of what runs for this cell when skipping: the gate
@@ -537,96 +597,185 @@ class DynamicNetwork(Backbone):
         tracked = a * gate_tracked + r * fl.sep_conv(h, w, c)
         # summing the inputs, the cell op's residual add
         extra = a * (gate_extra + (n_in - 1).clamp(min=0) * hw * c) + r * hw * c
-        h2, w2 = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-        route_costs = {  # (tracked, extra: interpolation and the gate product)
-            "keep": (fl.keep_route(h, w, c), hw * c),
-            "up": (fl.up_route(h, w, c), fl.interpolation(2 * h, 2 * w, c // 2) + 4 * hw * (c // 2)),
-            "down": (fl.relu(h, w, c) + (2 * c * c + 3 * 2 * c) * h2 * w2 * fl.M, 2 * c * h2 * w2 * fl.M),
-        }
+        route_costs = self._route_corrected(cell, h, w)
         for route, i in cell.route_index.items():
             open_ = r * (g[:, i] > thr).to(g.dtype)
             tracked = tracked + open_ * route_costs[route][0]
             extra = extra + open_ * route_costs[route][1]
         return tracked, extra
 
-    # -- sparse: each route and cell runs on the images that need it -------------------------
-    def _cell_sparse(self, cell: Cell, routes: List[Route], n: int, thr: float, hard: bool,
-                     keep_prob: float, counted: bool):
-        routes = [r for r in routes if r.x.shape[0] > 0]
-        members = sorted({i for r in routes for i in (range(n) if r.images is None else r.images)})
-        ref = routes[0].x if routes else None
-        g_full = (ref if ref is not None else torch.empty(0)).new_zeros(n, cell.gate_num)
-        acc = {k: g_full.new_zeros(n) for k in ("expt", "real", "tracked", "extra")}
-        k = self._cell_costs(cell, *self._cell_hw(cell))
-        if counted:
-            # The original charges every cell's gate, even where it did not run.
-            acc["real"] += k["gate"]
-        out: Dict[str, List[Route]] = {}
-        if not members:
-            acc["gates"] = g_full
-            return out, acc
-        pos = {img: p for p, img in enumerate(members)}
-        m = len(members)
-        idx_all = torch.tensor(members, device=ref.device)
-        # X for the member images: the sum of their incoming pieces
-        if all(r.images is None or r.images == members for r in routes):
-            x = routes[0].x
-            for r in routes[1:]:
-                x = x + r.x
-        else:
-            shape = (m,) + tuple(ref.shape[1:])
-            fmt = torch.channels_last if _channels_last(ref) else torch.contiguous_format
-            x = ref.new_zeros(shape).contiguous(memory_format=fmt)
-            for r in routes:
-                rows = list(range(n)) if r.images is None else r.images
-                x.index_add_(0, torch.tensor([pos[i] for i in rows], device=x.device), r.x)
-        h, w = x.shape[-2:]
-        with cost_scope(members):
-            g = cell.gates(x)
-        g_full[idx_all] = g.to(g_full.dtype)
-        closed = g.sum(1) <= thr
-        runs = ~closed
-        # per-image costs: incoming routes (open, by construction), the cell op where it runs
-        real_m = g.new_zeros(m)
-        expt_m = g.new_zeros(m)
-        n_in = g.new_zeros(m)
-        for r in routes:
-            rows = list(range(n)) if r.images is None else r.images
-            p = torch.tensor([pos[i] for i in rows], device=g.device)
-            real_m.index_add_(0, p, (r.gate > thr).to(g.dtype) * r.cost)
-            expt_m.index_add_(0, p, r.gate.to(g.dtype) * r.cost)
-            n_in.index_add_(0, p, torch.ones_like(r.gate, dtype=g.dtype))
-        real_m += runs.to(g.dtype) * k["body"]
-        expt_m += g.max(1).values * k["body"]
-        if counted:
-            acc["real"][idx_all] += real_m
-            acc["expt"][idx_all] += expt_m
-        tr_m, ex_m = self._corrected(cell, g, torch.ones_like(runs), runs, n_in, thr, h, w)
-        acc["tracked"][idx_all] += tr_m
-        acc["extra"][idx_all] += ex_m
+    # -- sparse (inference): each route and cell runs on the images that need it -------------
+    # Decisions and costs are Python numbers (one ``tolist()`` of a cell's gates): tensor
+    # bookkeeping per cell would cost more than the small cells it lets us skip.
+    def _forward_sparse(self, x: torch.Tensor):
+        n = x.shape[0]
+        thr = self.skip_threshold
+        tot = {k: [0.0] * n for k in ("expt", "real", "tracked", "extra")}
+        gate_record: Dict[str, torch.Tensor] = {}
 
-        # identity: member images whose gates all closed pass X on as their keep route
-        ident = [p for p in range(m) if closed[p]]
-        if ident:
-            out.setdefault("keep", []).append(Route(_select(x, ident, m), [members[p] for p in ident],
-                                                    g[ident, 0], k["keep"]))
-        body = [p for p in range(m) if not closed[p]]
-        if body:
-            with cost_scope([members[p] for p in body]):
-                hb = cell.cell_ops(_select(x, body, m), keep_prob)
-            for route, i in cell.route_index.items():
-                sel = [j for j, p in enumerate(body) if g[p, i] > thr]
-                if not sel:
-                    continue
-                imgs = [members[body[j]] for j in sel]
-                gi_ = g[[body[j] for j in sel], i]
-                with cost_scope(imgs):
-                    y = cell.route_fn(route)(_select(hb, sel, len(body)))
-                y = y * gi_.view(-1, 1, 1, 1).to(y.dtype)
-                images = None if imgs == list(range(n)) else imgs
-                out.setdefault(route, []).append(Route(y, images, gi_, k[route]))
-        acc["gates"] = g_full
-        return out, acc
+        stem, stem1_hw = self.stem(x)
+        h0, w0 = stem.shape[-2:]
+        self._hw0 = (h0, w0)
+        stem_real = fl.stem_paper(x.shape[-2], x.shape[-1], STEM_MID_CHANNELS, self.init_channel)
+        stem_tracked = fl.stem_corrected(stem1_hw, (h0, w0), STEM_MID_CHANNELS, self.init_channel)
+        for i in range(n):
+            tot["real"][i] += stem_real
+            tot["tracked"][i] += stem_tracked
+
+        # Pieces of the routes reaching each scale of the next layer.
+        incoming: Dict[int, List[_Piece]] = {0: [_Piece(stem, list(range(n)), [1.0] * n, 0.0)]}
+        outputs: Dict[int, List[_Piece]] = {}
+        rows = [(-1, [("init", self.init_layer, 0)])] + [
+            (l, [(f"{l}.{c}", cell, c) for c, cell in enumerate(row)])
+            for l, row in enumerate(self.all_cell_list)]
+        for l, row in rows:
+            nxt: Dict[int, List[_Piece]] = {}
+            for name, cell, c in row:
+                out = self._sparse_cell(name, cell, incoming.get(c, []), n, thr, tot, gate_record,
+                                        counted=l >= 0)
+                for route_name, pieces in out.items():
+                    dest = c + {"keep": 0, "up": -1, "down": 1}[route_name]
+                    (outputs if l == self.layer_num - 1 else nxt).setdefault(dest, []).extend(pieces)
+            incoming = nxt
+
+        feats = {f"layer_{c}": self._assemble_sparse(outputs.get(c, []), n, stem, c, (h0, w0))
+                 for c in range(len(self.layout[-1]))}
+        tracked = stem.new_tensor(tot["tracked"])
+        return feats, RoutingCost(stem.new_tensor(tot["expt"]), stem.new_tensor(tot["real"]),
+                                  tracked + stem.new_tensor(tot["extra"]), tracked,
+                                  self.expected_all_open(x.shape[-2], x.shape[-1]), gate_record)
+
+    def _sparse_cell(self, name: str, cell: Cell, pieces: List[_Piece], n: int, thr: float,
+                     tot: Dict[str, List[float]], gate_record: Dict[str, torch.Tensor],
+                     counted: bool) -> Dict[str, List[_Piece]]:
+        """Run ``cell`` on the images that reach it; add their costs to ``tot``; -> the pieces
+        of its open routes ({"keep": [...], "up": [...], "down": [...]})."""
+        k = self._cell_constants(cell, *self._cell_hw(cell))
+        real, expt, tracked, extra = tot["real"], tot["expt"], tot["tracked"], tot["extra"]
+        if counted:  # the original charges every cell's gate, even where it did not run
+            for i in range(n):
+                real[i] += k["gate"]
+        pieces = [p for p in pieces if p.images]
+        if not pieces:  # no input route open for any image: the cell and its gates do not run
+            if self.record_gates:
+                gate_record[name] = torch.zeros(n, cell.gate_num)
+            return {}
+        if len(pieces) == 1:
+            members = pieces[0].images
+        else:
+            members = sorted(set().union(*(p.images for p in pieces)))
+        m = len(members)
+        pos = {img: j for j, img in enumerate(members)}
+
+        # X of the member images: the sum of their incoming pieces (whole ones first)
+        x = None
+        for p in sorted(pieces, key=lambda p: len(p.images) != m):
+            if x is None and len(p.images) == m:
+                x = p.x
+            else:
+                x = _add_rows(x, [pos[i] for i in p.images], p.x, m, p.x)
+        with self._cost_scope(members):
+            g = cell.gates(x)
+        gl = g.tolist()
+        if self.record_gates:
+            rec = g.detach().new_zeros(n, cell.gate_num)
+            rec[torch.tensor(members)] = g.detach()
+            gate_record[name] = rec
+
+        # per-image costs: incoming routes, the gate network, the cell op and routes where it runs
+        n_in = [0] * m
+        for p in pieces:
+            for i, gv in zip(p.images, p.gates):
+                n_in[pos[i]] += 1
+                if counted:
+                    expt[i] += gv * p.cost
+                    if gv > thr:
+                        real[i] += p.cost
+        body_rows, ident_rows = [], []
+        route_index = list(cell.route_index.items())
+        for j, gj in enumerate(gl):
+            i = members[j]
+            runs = sum(gj) > thr
+            if counted:
+                expt[i] += max(gj) * k["body"]
+            tracked[i] += k["gate_tracked"]
+            extra[i] += k["gate_extra"] + max(n_in[j] - 1, 0) * k["hwc"]
+            if not runs:
+                ident_rows.append(j)
+                continue
+            body_rows.append(j)
+            if counted:
+                real[i] += k["body"]
+            tracked[i] += k["sep"]
+            extra[i] += k["hwc"]
+            for route, ri in route_index:
+                if gj[ri] > thr:
+                    tracked[i] += k["route_tracked"][route]
+                    extra[i] += k["route_extra"][route]
+
+        out: Dict[str, List[_Piece]] = {}
+        if ident_rows:  # all gates closed: X passes on as the keep route
+            out["keep"] = [_Piece(_select(x, ident_rows, m), [members[j] for j in ident_rows],
+                                  [gl[j][0] for j in ident_rows], k["keep"])]
+        if not body_rows:
+            return out
+        body_images = [members[j] for j in body_rows]
+        with self._cost_scope(body_images):
+            hb = cell.cell_ops(_select(x, body_rows, m))
+        nb = len(body_rows)
+        for route, ri in route_index:
+            sel = [q for q, j in enumerate(body_rows) if gl[j][ri] > thr]
+            if not sel:
+                continue
+            images = [body_images[q] for q in sel]
+            gates = [gl[body_rows[q]][ri] for q in sel]
+            with self._cost_scope(images):
+                y = cell.route_fn(route)(_select(hb, sel, nb))
+            if torch.is_grad_enabled():  # eval with autograd on: gradients reach the gates
+                rows_ = [body_rows[q] for q in sel]
+                gcol = g[:, ri] if len(rows_) == m else g[torch.tensor(rows_), ri]
+                y = y * gcol.view(-1, 1, 1, 1).to(y.dtype)
+            elif len(gates) == 1:
+                y.mul_(gates[0])
+            else:
+                y.mul_(y.new_tensor(gates).view(-1, 1, 1, 1))
+            out.setdefault(route, []).append(_Piece(y, images, gates, k[route]))
+        return out
+
+    def _assemble_sparse(self, pieces: List[_Piece], n: int, like: torch.Tensor, c: int,
+                         hw0) -> torch.Tensor:
+        """The full N-image tensor of output scale ``c`` from its pieces (zeros where none)."""
+        pieces = [p for p in pieces if p.images]
+        if len(pieces) == 1 and len(pieces[0].images) == n:
+            return pieces[0].x
+        out = None
+        for p in sorted(pieces, key=lambda p: len(p.images) != n):
+            if out is None and len(p.images) == n:
+                out = p.x
+            else:
+                out = _add_rows(out, p.images, p.x, n, p.x)
+        if out is None:
+            h, w = -(-hw0[0] // 2 ** c), -(-hw0[1] // 2 ** c)
+            out = like.new_zeros((n, self.init_channel * 2 ** c, h, w))
+            if _channels_last(like):
+                out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def _cell_constants(self, cell: Cell, h: int, w: int) -> dict:
+        """A cell's per-image MFLOPs at h x w (paper and corrected pieces), cached per size."""
+        cache = self.__dict__.setdefault("_constants_cache", {})
+        key = (id(cell), h, w, cell.gates_run())
+        k = cache.get(key)
+        if k is None:
+            k = dict(self._cell_costs(cell, h, w))
+            k["gate_tracked"], k["gate_extra"] = self._gate_corrected(cell, h, w)
+            k["sep"] = fl.sep_conv(h, w, cell.channels)
+            k["hwc"] = h * w * cell.channels * fl.M
+            routes = self._route_corrected(cell, h, w)
+            k["route_tracked"] = {r: v[0] for r, v in routes.items()}
+            k["route_extra"] = {r: v[1] for r, v in routes.items()}
+            cache[key] = k
+        return k
 
     def _cell_hw(self, cell: Cell) -> Tuple[int, int]:
         """Feature size of a cell in the current forward (stride-4 size / 2^scale, rounded up)."""
@@ -715,8 +864,8 @@ class DynamicRoutingSegmentor(SemanticSegmentor):
     def __init__(self, *, backbone: DynamicNetwork, head: DynamicRoutingDecoder,
                  budget: Optional[dict] = None, gate_lr_multiplier: float = 0.0, **kwargs):
         super().__init__(backbone=backbone, head=head, **kwargs)
-        self.budget = dict(constrain=False, loss_weight=0.0, loss_mu=0.0, flops_all=0.0,
-                           unupdate_rate=0.4, warm_up=True, warm_up_rate=0.02, **(budget or {}))
+        self.budget = {**dict(constrain=False, loss_weight=0.0, loss_mu=0.0, flops_all=0.0,
+                              unupdate_rate=0.4, warm_up=True, warm_up_rate=0.02), **(budget or {})}
         self.gate_lr_multiplier = float(gate_lr_multiplier)
         self.step_rate = 0.0
         self.last_cost: Optional[RoutingCost] = None
