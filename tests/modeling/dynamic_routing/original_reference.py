@@ -123,7 +123,10 @@ def _cell(W: _Weights, prefix: str, x: Optional[torch.Tensor], allow_up: bool, a
     return out
 
 
-def layout(layer_num: int, cell_num_list: Sequence[int]) -> List[List[Tuple[bool, bool, Tuple[bool, bool, bool]]]]:
+CellFlags = Tuple[bool, bool, Tuple[bool, bool, bool]]
+
+
+def layout(layer_num: int, cell_num_list: Sequence[int]) -> List[List[CellFlags]]:
     """Per layer, per cell: (allow_up, allow_down, (dim_up, dim_keep, dim_down)), section 1.2."""
     rows = []
     for l in range(layer_num):
