@@ -114,8 +114,9 @@ def _summarize_latency(image_ms: List[float], device: str, with_costs: bool) -> 
     times = [t for part in gathered for t in part]
     if not times:
         return {}
-    summary = {"ms_per_image": statistics.median(times), "mean_ms_per_image": statistics.fmean(times),
-               "num_images": len(times), "device": device}
+    summary = {"ms_per_image": statistics.median(times),
+               "mean_ms_per_image": statistics.fmean(times), "num_images": len(times),
+               "device": device}
     note = " (includes counting TEST.COST_CONVENTIONS)" if with_costs else ""
     logger.info(f"Latency per image on {device}: median {summary['ms_per_image']:.2f} ms, mean "
                 f"{summary['mean_ms_per_image']:.2f} ms over {len(times)} timed images{note}")

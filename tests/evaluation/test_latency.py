@@ -37,7 +37,8 @@ def test_latency_per_image_median_without_warm_up():
     # 7 batches: 5 warm-up ones (slow, excluded), then a batch of 2 at 30 ms and one of 1 at 40 ms
     sizes = [1, 1, 1, 1, 1, 2, 1]
     model = SleepyModel([0.3] * 5 + [0.06, 0.04])
-    res = inference_on_dataset(model, _loader(sizes), SemSegEvaluator("test_latency", distributed=False))
+    res = inference_on_dataset(model, _loader(sizes),
+                               SemSegEvaluator("test_latency", distributed=False))
     t = res["time"]
     assert t["num_images"] == 3
     assert t["device"] == f"cpu ({torch.get_num_threads()} threads)"

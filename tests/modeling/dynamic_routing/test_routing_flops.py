@@ -89,7 +89,8 @@ def routes_of(l: int, c: int, net: Net = TINY) -> List[str]:
     if l == -1:
         return ["keep", "down"]
     last = l == net.layers - 1
-    return ["keep"] + (["up"] if c > 0 and not last else []) + (["down"] if c < 3 and not last else [])
+    up = ["up"] if c > 0 and not last else []
+    return ["keep"] + up + (["down"] if c < 3 and not last else [])
 
 
 def name_of(l: int, c: int) -> str:
@@ -175,7 +176,8 @@ def expected_costs(gates: Dict[str, List[List[float]]], n: int, net: Net = TINY)
                 if l >= 0:  # the original counts no init cell
                     real += f_gate(h, w, ch, len(names))  # charged even where it did not run
                     real += runs * f_sep(h, w, ch) + sum((gr > THR) * cost for gr, cost in incoming)
-                    expt += active * max(g) * f_sep(h, w, ch) + sum(gr * cost for gr, cost in incoming)
+                    expt += active * max(g) * f_sep(h, w, ch)
+                    expt += sum(gr * cost for gr, cost in incoming)
                 if active and name_of(l, c) not in net.not_run:  # the gate network ran
                     tracked += f_gate(h, w, ch, len(names)) + len(names) * M  # + its bias
                 if active:
@@ -327,7 +329,9 @@ class ShapesOnly(TorchDispatchMode):
         kwargs = kwargs or {}
         if all(t.numel() < self.big for t in self._tensors(args, kwargs)):
             return func(*args, **kwargs)
-        describe = lambda a: (tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a  # noqa: E731
+        def describe(a):
+            return (tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a
+
         key = (func, repr(tree_map(describe, (args, kwargs))))
         out = self._meta_out.get(key)
         if out is None:  # meta kernels are slow Python; the network repeats few shapes
