@@ -77,6 +77,11 @@ def write_panels(cfg, model: torch.nn.Module, dataset_name: str, output_dir: str
     model returning ``sem_seg_exits`` the prediction is the final ``sem_seg`` and the exits are
     drawn in extra rows, three per row.
 
+    For a dynamic-routing model (a ``backbone`` with ``record_gates``) the gates are recorded
+    while the panels are made: the picture of the routes the image took is drawn below its
+    panels and the routes are written next to it as ``<panel>.routes.json``
+    (``dl_lib.modeling.dynamic_routing.routes.save_routes``; ``MODEL.GATE.ROUTES_FILE`` forces them).
+
     Inputs are made by the test mapper (``SemSegDatasetMapper(cfg, is_train=False)``), exactly
     as in evaluation; the model must return ``sem_seg`` at the original (height, width). The
     panels show the original image and ground truth. Call it on the main process only.
@@ -89,32 +94,60 @@ def write_panels(cfg, model: torch.nn.Module, dataset_name: str, output_dir: str
     ignore = meta.get("ignore_label", cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
     out_dir = os.path.join(output_dir, "vis")
     os.makedirs(out_dir, exist_ok=True)
-    from dl_lib.data.datasets.common import read_mask
     from dl_lib.data.mapper import SemSegDatasetMapper
 
     mapper = SemSegDatasetMapper(cfg, is_train=False)
 
     paths = []
-    with inference_context(model), torch.no_grad():
-        for i, d in enumerate(dicts):
-            image = _load_rgb(d["file_name"])
-            h, w = image.shape[:2]
-            out = model([mapper(d)])[0]
-            pred = out["sem_seg"].argmax(dim=0).cpu().numpy()
-            exits = [e.argmax(dim=0).cpu().numpy() for e in out.get("sem_seg_exits") or []]
-            for what, p in [("sem_seg", pred)] + [(f"sem_seg_exits[{k}]", e)
-                                                 for k, e in enumerate(exits)]:
-                if p.shape != (h, w):
-                    raise ValueError(f"write_panels: model returned {what} of size {p.shape} for "
-                                     f"an image of size {(h, w)}; it must resize to (height, width)")
-            gt = (read_mask(d["sem_seg_file_name"]) if d.get("sem_seg_file_name")
-                  else np.full((h, w), ignore, dtype=np.int64))
-            panel = make_panel(image, gt, pred, names, colors, ignore,
-                               title=str(d.get("image_id", i)), exits=exits)
-            stem = str(d.get("image_id", os.path.splitext(os.path.basename(d["file_name"]))[0]))
-            path = os.path.join(out_dir, f"{i:04d}_{stem.replace(os.sep, '_')}.png")
-            with atomic_write(path, "wb") as f:  # never a half-written panel over an old one
-                Image.fromarray(panel).save(f, format="PNG")
-            paths.append(path)
+    backbone = getattr(model, "backbone", None)
+    records_gates = hasattr(backbone, "record_gates")
+    was_recording = records_gates and backbone.record_gates
+    if records_gates:
+        backbone.record_gates = True
+    try:
+        with inference_context(model), torch.no_grad():
+            paths = _write_panels(model, mapper, dicts, names, colors, ignore, out_dir,
+                                  getattr(backbone, "skip_threshold", 1e-4))
+    finally:
+        if records_gates:
+            backbone.record_gates = was_recording
     logger.info(f"Wrote {len(paths)} panels to {out_dir}")
+    return paths
+
+
+def _write_panels(model, mapper, dicts, names, colors, ignore, out_dir, gate_threshold) -> List[str]:
+    """The panels of ``dicts`` (see :func:`write_panels`), the model in eval mode, no grad."""
+    from dl_lib.data.datasets.common import read_mask
+
+    paths = []
+    for i, d in enumerate(dicts):
+        image = _load_rgb(d["file_name"])
+        h, w = image.shape[:2]
+        out = model([mapper(d)])[0]
+        pred = out["sem_seg"].argmax(dim=0).cpu().numpy()
+        exits = [e.argmax(dim=0).cpu().numpy() for e in out.get("sem_seg_exits") or []]
+        for what, p in [("sem_seg", pred)] + [(f"sem_seg_exits[{k}]", e)
+                                             for k, e in enumerate(exits)]:
+            if p.shape != (h, w):
+                raise ValueError(f"write_panels: model returned {what} of size {p.shape} for "
+                                 f"an image of size {(h, w)}; it must resize to (height, width)")
+        gt = (read_mask(d["sem_seg_file_name"]) if d.get("sem_seg_file_name")
+              else np.full((h, w), ignore, dtype=np.int64))
+        panel = make_panel(image, gt, pred, names, colors, ignore,
+                           title=str(d.get("image_id", i)), exits=exits)
+        stem = str(d.get("image_id", os.path.splitext(os.path.basename(d["file_name"]))[0]))
+        path = os.path.join(out_dir, f"{i:04d}_{stem.replace(os.sep, '_')}.png")
+        if out.get("gates"):  # a dynamic-routing model: the routes this image took
+            from dl_lib.modeling.dynamic_routing.routes import draw_routes, save_routes
+
+            flops = out.get("flops", {})
+            gflops = (f"real {flops['real_gflops']:.3f} / corrected "
+                      f"{flops['real_corrected_gflops']:.3f} GFLOPs;" if flops else "")
+            panel = vis.vstack([panel, draw_routes(out["gates"], gate_threshold, title=gflops,
+                                                   width=panel.shape[1])])
+            save_routes(os.path.splitext(path)[0] + ".routes.json", out["gates"],
+                        image_id=stem, flops=flops)
+        with atomic_write(path, "wb") as f:  # never a half-written panel over an old one
+            Image.fromarray(panel).save(f, format="PNG")
+        paths.append(path)
     return paths

@@ -1,0 +1,7 @@
+"""The dynamic-routing segmentor, built from the config by the family's registered meta-architecture."""
+import dl_lib.modeling.dynamic_routing  # noqa: F401  (registers DynamicRoutingSegmentor)
+from dl_lib.modeling import build_model as _build_model
+
+
+def build_model(cfg):
+    return _build_model(cfg)
