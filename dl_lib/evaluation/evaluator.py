@@ -116,7 +116,7 @@ def _summarize_latency(image_ms: List[float], device: str, with_costs: bool) -> 
         return {}
     summary = {"ms_per_image": statistics.median(times),
                "mean_ms_per_image": statistics.fmean(times), "num_images": len(times),
-               "device": device}
+               "device": device, "with_cost_counting": with_costs}
     note = " (includes counting TEST.COST_CONVENTIONS)" if with_costs else ""
     logger.info(f"Latency per image on {device}: median {summary['ms_per_image']:.2f} ms, mean "
                 f"{summary['mean_ms_per_image']:.2f} ms over {len(times)} timed images{note}")
@@ -163,7 +163,8 @@ def inference_on_dataset(model: nn.Module, data_loader: Iterable,
 
     Latency: the model's compute time per image (a batch's time split over its images, device
     synchronised, warm-up batches excluded) is added as ``{"time": {"ms_per_image": median,
-    "mean_ms_per_image": mean, "num_images": timed images, "device": "cpu (2 threads)"}}``.
+    "mean_ms_per_image": mean, "num_images": timed images, "device": "cpu (2 threads)",
+    "with_cost_counting": whether cost_conventions were counted meanwhile}}``.
 
     Returns ``evaluator.evaluate()``: ``{"sem_seg": {"mIoU": ...}, ...}`` on the main process,
     ``None`` (or ``{}``) elsewhere. Every rank must call this function.

@@ -46,6 +46,7 @@ def test_latency_per_image_median_without_warm_up():
     assert 30 <= t["ms_per_image"] < 30 + 25
     assert 33.3 <= t["mean_ms_per_image"] < 33.4 + 25
     assert t["ms_per_image"] < t["mean_ms_per_image"] + 1e-9
+    assert t["with_cost_counting"] is False
     # the existing results are unchanged
     assert res["sem_seg"]["mIoU"] == pytest.approx(100.0)
 
@@ -55,3 +56,11 @@ def test_latency_of_a_single_batch_is_timed():
     res = inference_on_dataset(SleepyModel([0.02]), _loader([2]),
                                SemSegEvaluator("test_latency_one", distributed=False))
     assert res["time"]["num_images"] == 2 and res["time"]["ms_per_image"] >= 10
+
+
+def test_latency_says_when_it_includes_cost_counting():
+    register("test_latency_cost", [], stuff_classes=["a", "b"], ignore_label=255)
+    res = inference_on_dataset(SleepyModel([0.0]), _loader([1]),
+                               SemSegEvaluator("test_latency_cost", distributed=False),
+                               cost_conventions=["gmac"])
+    assert res["time"]["with_cost_counting"] is True and "gmac" in res["cost"]
