@@ -161,7 +161,9 @@ def draw_routes(gates: Dict[str, Sequence[float]], threshold: float = DEFAULT_TH
     dpi = 100
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
     canvas = FigureCanvasAgg(fig)
-    ax = fig.add_axes([0.07, 0.14, 0.91, 0.72 if title else 0.8])
+    # margins in pixels: title on top, tick labels, the layer label and the legend below
+    bottom, top = 58 / height, 26 / height
+    ax = fig.add_axes([0.07, bottom, 0.91, 1 - bottom - top])
     colors = {"open": "#1f5fbf", "identity": "#7a7a7a", "closed": "#d9d9d9"}
     for src, dst, _route, value, kind in trace.edges:
         (x0, y0), (x1, y1) = _position(src, trace.layers), _position(dst, trace.layers)
@@ -192,7 +194,7 @@ def draw_routes(gates: Dict[str, Sequence[float]], threshold: float = DEFAULT_TH
     ax.set_ylim(-(trace.scales - 1) - 0.35, 0.35)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4, fontsize=7, frameon=False)
+    fig.legend(loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=7, frameon=False)
     n_routes = len(trace.edges)
     head = (f"{trace.count('open')}/{n_routes} routes open (line width = gate), "
             f"{sum(s == 'runs' for s in trace.cells.values())}/{len(trace.cells)} cells run")
