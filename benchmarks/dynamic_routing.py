@@ -287,8 +287,44 @@ def print_row(r: dict, flush: bool = False) -> None:
           f"| {r['paper_ratio']:.2f} | {r['eff']:.2f} |", flush=flush)
 
 
-def bench_train_step(args) -> List[float]:
-    """Seconds per training step of Layer16 at batch 2 x 3 x 256 x 512 (forward, backward, SGD)."""
+def original_like_logits(model: DynamicRoutingSegmentor, x: torch.Tensor) -> torch.Tensor:
+    """Layer16's training forward as the original computes it, on our modules: NCHW, every route
+    of every cell, ``keep = m * X + g_keep * ReLU(H)``, no FLOPs bookkeeping. The reference the
+    training step is compared with in the same process (same machine state)."""
+    from dl_lib.modeling.dynamic_routing import soft_gate
+
+    net = model.backbone
+    thr = net.skip_threshold
+    stem, _ = net.stem(x)
+    inputs = {0: [stem]}
+    layers = [[net.init_layer]] + [list(row) for row in net.all_cell_list]
+    outs = {}
+    for l, row in enumerate(layers):
+        nxt = {}
+        for c, cell in enumerate(row):
+            xs = inputs[c]
+            X = xs[0]
+            for t in xs[1:]:
+                X = X + t
+            g = soft_gate(cell.gate_conv_beta(X).flatten(1))
+            h = cell.cell_ops(X)
+            m = (g.sum(1) < thr).to(X.dtype).view(-1, 1, 1, 1)
+            for route, i in cell.route_index.items():
+                y = cell.route_fn(route)(h) * g[:, i].view(-1, 1, 1, 1)
+                if route == "keep":
+                    y = y + m * X
+                dest = c + {"keep": 0, "up": -1, "down": 1}[route]
+                (outs if l == len(layers) - 1 else nxt).setdefault(dest, []).append(y)
+        inputs = nxt
+    feats = {f"layer_{c}": outs[c][0] for c in range(4)}
+    return model.head(feats)
+
+
+def bench_train_step(args) -> Dict[str, List[float]]:
+    """Seconds per training step of Layer16 at batch 2 x 3 x 256 x 512 (forward, backward, SGD
+    step over build_optimizer's groups): ours, ours in NCHW, and the original's computation
+    (:func:`original_like_logits`), interleaved."""
+    import dl_lib.modeling.dynamic_routing.dynamic_routing as dr
     from dl_lib.config import get_cfg
     from dl_lib.modeling.dynamic_routing.config import add_dynamic_routing_config
     from dl_lib.solver import build_optimizer
@@ -304,21 +340,39 @@ def bench_train_step(args) -> List[float]:
     batch = [dict(image=torch.from_numpy(rng.integers(0, 255, (3, 256, 512), dtype=np.uint8)),
                   sem_seg=torch.from_numpy(rng.integers(0, 19, (256, 512))).long())
              for _ in range(2)]
+    prefers = dr.prefers_channels_last
 
-    def step():
+    def step(kind):
+        dr.prefers_channels_last = prefers if kind == "ours" else (lambda device: False)
         model.set_training_progress(100, 1000)
-        losses = model(batch)
-        loss = sum(v for k, v in losses.items() if k.startswith("loss"))
+        if kind == "original-like":
+            images, _ = model.preprocess_images(batch)
+            targets = model.preprocess_targets(batch, images.shape[-2:])
+            loss = sum(model.losses(original_like_logits(model, images), targets).values())
+        else:
+            losses = model(batch)
+            loss = sum(v for k, v in losses.items() if k.startswith("loss"))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    for _ in range(args.warmup + 1):
-        step()
-    times = timed(step, args.train_runs)
-    print(f"train step (Layer16, 2x3x256x512, {len(optimizer.param_groups)} param groups): "
-          f"median {statistics.median(times):.3f} s over {len(times)} steps "
-          f"({', '.join(f'{t:.2f}' for t in times)}); the original: 1.47 s", flush=True)
+    kinds = ["ours", "ours NCHW", "original-like"]
+    times = {k: [] for k in kinds}
+    try:
+        for k in kinds:
+            for _ in range(args.warmup + 1):
+                step(k)
+        for _ in range(args.train_runs):
+            for k in kinds:
+                times[k] += timed(lambda: step(k), 1)
+    finally:
+        dr.prefers_channels_last = prefers
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"train step (Layer16, 2x3x256x512, SGD, {len(optimizer.param_groups)} param groups, "
+          f"{torch.get_num_threads()} threads), median of {args.train_runs}: " +
+          ", ".join(f"{k} {med[k]:.2f} s" for k in kinds) +
+          f"; ours / original-like = {med['ours'] / med['original-like']:.2f}; "
+          "the original measured 1.47 s (idle machine)", flush=True)
     return times
 
 

@@ -557,8 +557,10 @@ class DynamicNetwork(Backbone):
                 gi = gi * ((gi > thr) & runs).to(gi.dtype)
             y = cell.route_fn(route)(hbody) * gi.view(-1, 1, 1, 1).to(hbody.dtype)
             open_ = (gi > thr) if hard else None
-            if route == "keep":
+            if route == "keep" and bool((closed & active).any()):
+                # identity of the images whose gates all closed (rare: skip two full passes)
                 y = y + (closed & active).view(-1, 1, 1, 1).to(x.dtype) * x
+            if route == "keep":
                 if hard:
                     open_ = open_ | (closed & active)
             out[route] = [Route(y, None, gi, k[route], open_)]
