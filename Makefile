@@ -49,6 +49,7 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/masked_conv.py
+	$(PY) benchmarks/dynamic_routing.py --sizes 512x1024 --quick --train-step
 
 clean:
 	rm -rf build dl_lib/_C*.so $(VENV)/.stamp-build
