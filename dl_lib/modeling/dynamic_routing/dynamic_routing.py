@@ -306,7 +306,7 @@ class DynamicNetwork(Backbone):
                  max_stride: int = 32, norm: str = "BN", separable_stem: bool = True,
                  drop_prob: float = 0.0, gate_on: bool = True, small_gate: bool = False,
                  gate_init_bias: float = 1.5, skip_threshold: float = 1e-4,
-                 skip_mode: str = "subbatch", cell_type: Sequence[str] = CELL_OPS):
+                 skip_mode: str = "per_image", cell_type: Sequence[str] = CELL_OPS):
         super().__init__()
         max_scale = int(round(math.log2(max_stride // 4)))
         if 4 * 2 ** max_scale != max_stride or max_scale < 1:
