@@ -311,6 +311,10 @@ class DynamicNetwork(Backbone):
         max_scale = int(round(math.log2(max_stride // 4)))
         if 4 * 2 ** max_scale != max_stride or max_scale < 1:
             raise ValueError(f"MODEL.BACKBONE.MAX_STRIDE={max_stride} must be 4 * 2^k (8, 16, 32)")
+        if not 0.0 <= drop_prob < 1.0:
+            # keep = 1 - progress * (l+1)/L * DROP_PROB reaches 0 at the end of training otherwise
+            raise ValueError(f"MODEL.BACKBONE.DROP_PROB={drop_prob} must be in [0, 1) (the original's "
+                             "long schedule uses 0.3)")
         if skip_mode not in ("subbatch", "per_image", "dense"):
             raise ValueError(f"MODEL.GATE.SKIP_MODE={skip_mode!r}: choose subbatch, per_image or dense")
         self.layer_num, self.max_scale, self.max_stride = layer_num, max_scale, max_stride

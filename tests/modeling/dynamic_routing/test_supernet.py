@@ -204,3 +204,10 @@ def test_drop_path_drops_or_rescales_whole_samples():
         if not dropped[i]:  # kept samples are rescaled by 1/keep
             torch.testing.assert_close(y[i] - x[i], y_full[i] / 0.6, rtol=1e-4, atol=1e-4)
     assert 10 < sum(dropped) < 45  # ~40% of 64 dropped
+
+
+@pytest.mark.parametrize("drop_prob", [1.0, 1.5, -0.1])
+def test_drop_prob_outside_0_1_is_refused(drop_prob):
+    # keep = 1 - progress * (l+1)/L * DROP_PROB would reach 0 (a division by zero) or exceed 1
+    with pytest.raises(ValueError, match="DROP_PROB"):
+        DynamicNetwork(layer_num=3, cell_num_list=[2, 3, 4], init_channel=8, drop_prob=drop_prob)
