@@ -416,7 +416,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="3 runs, 50%% closed only")
-    p.add_argument("--tiny-playground", default="playground/Quickstart/Seg.Layer8.Tiny.Synthetic")
+    p.add_argument("--tiny-playground", default="playground/Quickstart/Seg.Layer6.Tiny.Synthetic")
     p.add_argument("--tiny-weights", default="", help="the demo model's checkpoint (its learned gates)")
     p.add_argument("--train-step", action="store_true", help="also time the training step")
     p.add_argument("--train-runs", type=int, default=5)

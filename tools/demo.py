@@ -9,7 +9,7 @@ the picture of the routes each image took and its ``.routes.json``, which
 ``MODEL.GATE.ROUTES_FILE`` forces), and the elapsed time. Exits non-zero when training or
 evaluation fails.
 
-The default playground is the dynamic-routing demo ``Quickstart/Seg.Layer8.Tiny.Synthetic``;
+The default playground is the dynamic-routing demo ``Quickstart/Seg.Layer6.Tiny.Synthetic``;
 ``--playground playground/Quickstart/FPN.R18W32.Synthetic`` trains the FPN quickstart instead.
 
     .venv/bin/python tools/demo.py [--playground DIR] [KEY VALUE ...]
@@ -27,7 +27,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_PLAYGROUND = os.path.join(REPO, "playground", "Quickstart", "Seg.Layer8.Tiny.Synthetic")
+DEFAULT_PLAYGROUND = os.path.join(REPO, "playground", "Quickstart", "Seg.Layer6.Tiny.Synthetic")
 # Per-image costs a model reports (SemSegEvaluator: "<stat>_<name>"), with what they count.
 GFLOPS_NAMES = (("real_gflops", "original's count"), ("real_corrected_gflops", "corrected count"),
                 ("expt_gflops", "expected (budget loss)"))

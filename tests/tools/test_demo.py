@@ -20,7 +20,7 @@ def _demo():
 def test_default_playground_is_the_routing_demo_and_the_fpn_quickstart_stays():
     demo = _demo()
     cfg = playground.load_config(demo.DEFAULT_PLAYGROUND)
-    assert os.path.relpath(demo.DEFAULT_PLAYGROUND, REPO) == "playground/Quickstart/Seg.Layer8.Tiny.Synthetic"
+    assert os.path.relpath(demo.DEFAULT_PLAYGROUND, REPO) == "playground/Quickstart/Seg.Layer6.Tiny.Synthetic"
     assert cfg.MODEL.META_ARCHITECTURE == "DynamicRoutingSegmentor"
     assert cfg.MODEL.GATE.GATE_ON and cfg.MODEL.BUDGET.CONSTRAIN
     assert cfg.MODEL.BUDGET.LOSS_WEIGHT > 0 and 0 < cfg.MODEL.BUDGET.LOSS_MU < 1

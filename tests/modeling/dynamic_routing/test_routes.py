@@ -16,7 +16,7 @@ from dl_lib.modeling.dynamic_routing.routes import (draw_routes, route_names, ro
                                                     save_routes, trace_routes)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-DEMO = os.path.join(REPO, "playground", "Quickstart", "Seg.Layer8.Tiny.Synthetic")
+DEMO = os.path.join(REPO, "playground", "Quickstart", "Seg.Layer6.Tiny.Synthetic")
 TINY = ["MODEL.DEVICE", "cpu", "MODEL.BACKBONE.LAYER_NUM", "4", "MODEL.BACKBONE.INIT_CHANNEL", "8"]
 
 
