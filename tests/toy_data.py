@@ -19,3 +19,12 @@ def write_split(root: str, split: str, n: int, seed: int, size=(32, 64)) -> None
         label[0] = 255
         Image.fromarray(image).save(os.path.join(root, split, "images", f"{i}.png"))
         Image.fromarray(label).save(os.path.join(root, split, "labels", f"{i}.png"))
+
+
+def without_timing(results):
+    """``results`` (a results.json dict, or a flattened metrics line) without the measured
+    latency (``time`` / ``time/...`` keys at any depth): wall-clock values differ run to run."""
+    if not isinstance(results, dict):
+        return results
+    return {k: without_timing(v) for k, v in results.items()
+            if not (k == "time" or k.startswith("time/") or "/time/" in k)}

@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from dl_lib.config import get_cfg
+from toy_data import without_timing
 from dl_lib.data.catalog import DatasetCatalog, MetadataCatalog
 from dl_lib.engine import DefaultTrainer, launch
 from dl_lib.layers import get_norm
@@ -182,4 +183,4 @@ def _compare_one_and_two_processes(tmp_path):
     assert ev1["sem_seg"] == ev2["sem_seg"]
     results1 = json.loads(open(os.path.join(one, "results.json")).read())
     results2 = json.loads(open(os.path.join(two, "results.json")).read())
-    assert results1 == results2
+    assert without_timing(results1) == without_timing(results2)  # latency is wall-clock
