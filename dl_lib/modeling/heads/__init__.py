@@ -1,3 +1,4 @@
 from .fpn_head import ConvNormAct, FPNHead
+from .hrnet_head import HRNetClassifier, HRNetV2Head
 
-__all__ = ["ConvNormAct", "FPNHead"]
+__all__ = ["ConvNormAct", "FPNHead", "HRNetClassifier", "HRNetV2Head"]
