@@ -9,23 +9,6 @@ original released no playground for it; by its counter it costs about 101.2 GFLO
     dl_test --num-gpus 8 MODEL.WEIGHTS <checkpoint>
 """
 from dl_lib.config import config_from_delta
+from dl_lib.modeling.dynamic_routing.recipes import cityscapes_config
 
-config = config_from_delta(dict(
-    MODEL=dict(
-        DEVICE="cuda",
-        META_ARCHITECTURE="DynamicRoutingSegmentor",
-        # The original's BGR ImageNet mean with std 1, in our RGB order.
-        PIXEL_MEAN=[123.675, 116.28, 103.53], PIXEL_STD=[1.0, 1.0, 1.0],
-        # nnSyncBN falls back to BatchNorm at world size 1, so one process trains too.
-        BACKBONE=dict(LAYER_NUM=16, NORM="nnSyncBN"),
-        GATE=dict(GATE_ON=False),
-        SEM_SEG_HEAD=dict(NORM="nnSyncBN"),
-    ),
-    INPUT=dict(MIN_SIZE_TRAIN=[512, 768, 1024, 1280, 1536, 2048]),
-    SOLVER=dict(
-        OPTIMIZER=dict(BASE_LR=0.05),
-        LR_SCHEDULER=dict(MAX_ITER=190000, WARMUP_ITERS=1000),
-        GRAD_CLIP=5.0,
-    ),
-    TEST=dict(PRECISE_BN=dict(ENABLED=True)),
-), family="dynamic_routing")
+config = config_from_delta(dict(MODEL=dict(GATE=dict(GATE_ON=False))), base=cityscapes_config())

@@ -9,23 +9,9 @@ Published (val, single scale): 78.3 mIoU at 113.3 GFLOPs (paper), 78.1 / 114.2 (
     dl_test --num-gpus 8 MODEL.WEIGHTS <released checkpoint>
 """
 from dl_lib.config import config_from_delta
+from dl_lib.modeling.dynamic_routing.recipes import cityscapes_config
 
 config = config_from_delta(dict(
-    MODEL=dict(
-        DEVICE="cuda",
-        META_ARCHITECTURE="DynamicRoutingSegmentor",
-        # The original's BGR ImageNet mean with std 1, in our RGB order.
-        PIXEL_MEAN=[123.675, 116.28, 103.53], PIXEL_STD=[1.0, 1.0, 1.0],
-        # nnSyncBN falls back to BatchNorm at world size 1, so one process trains too.
-        BACKBONE=dict(LAYER_NUM=16, NORM="nnSyncBN", DROP_PROB=0.3),
-        SEM_SEG_HEAD=dict(NORM="nnSyncBN"),
-    ),
-    INPUT=dict(MIN_SIZE_TRAIN=[512, 768, 1024, 1280, 1536, 2048]),
-    SOLVER=dict(
-        OPTIMIZER=dict(BASE_LR=0.05),
-        LR_SCHEDULER=dict(MAX_ITER=560000, WARMUP_ITERS=1000),
-        GRAD_CLIP=5.0,
-        CHECKPOINT_PERIOD=10000,
-    ),
-    TEST=dict(PRECISE_BN=dict(ENABLED=True)),
-), family="dynamic_routing")
+    MODEL=dict(BACKBONE=dict(DROP_PROB=0.3)),
+    SOLVER=dict(LR_SCHEDULER=dict(MAX_ITER=560000), CHECKPOINT_PERIOD=10000),
+), base=cityscapes_config())

@@ -201,3 +201,25 @@ def test_playground_trains_one_iteration_on_cpu(name, toy_dataset, tmp_path, mon
         assert latest["loss_budget"] == pytest.approx(
             e["BUDGET_LOSS_WEIGHT"] * (expt / e["FLOPS_ALL"] - e["LOSS_MU"]) ** 2, rel=1e-4)
     assert latest["real_gflops"] > latest["expt_gflops"] > 0
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_config_says_only_what_differs_from_the_shared_recipe(name):
+    # The recipe lives once in dynamic_routing/recipes.py; a playground repeating it drifts.
+    code = open(os.path.join(DYNAMIC, name, "config.py")).read().split('"""', 2)[2]
+    repeated = [k for k in ("META_ARCHITECTURE", "PIXEL_MEAN", "nnSyncBN", "MIN_SIZE_TRAIN",
+                            "GRAD_CLIP", "WARMUP_ITERS", "FLOPS_ALL") if k in code]
+    assert not repeated, f"playground/Dynamic/{name}/config.py repeats the recipe's {repeated}"
+    assert "dynamic_routing.recipes import" in code
+
+
+def test_recipes_return_a_new_config_each_call():
+    from dl_lib.modeling.dynamic_routing.recipes import cityscapes_config, small_gate_budget_config
+
+    first = small_gate_budget_config()
+    first.INPUT.MIN_SIZE_TRAIN.append(4096)
+    first.MODEL.BUDGET.LOSS_MU = 0.7
+    again = small_gate_budget_config()
+    assert list(again.INPUT.MIN_SIZE_TRAIN) == COMMON["INPUT.MIN_SIZE_TRAIN"]
+    assert again.MODEL.BUDGET.LOSS_MU == 0.0 and again.MODEL.BUDGET.FLOPS_ALL == 26300.0
+    assert cityscapes_config().MODEL.GATE.SMALL_GATE is False
