@@ -1,7 +1,8 @@
 """The standard set-up shared by ``dl_train``/``dl_test`` and user scripts.
 
 * ``default_argument_parser``: ``--num-gpus --num-machines --machine-rank --dist-url --resume
-  --eval-only`` then ``KEY VALUE`` overrides; ``parse_args`` rejects flags placed after them.
+  --eval-only --exit K`` then ``KEY VALUE`` overrides; ``parse_args`` rejects flags placed after
+  them.
 * ``default_setup``: logging per rank, environment report, ``OUTPUT_DIR/config.yaml``, seeding,
   determinism and cudnn flags.
 * ``DefaultTrainer(cfg, model)``: optimizer, LR schedule, train loader, DDP, checkpointing,
@@ -76,6 +77,10 @@ process joins the launcher's group instead of spawning; an sbatch script spawns 
     parser.add_argument("--random-weights", action="store_true",
                         help="with --eval-only / dl_test: the same as MODEL.WEIGHTS none, evaluate "
                              "the random initialisation on purpose (a smoke test)")
+    parser.add_argument("--exit", type=int, default=None, metavar="K",
+                        help="models with early exits: run only up to exit K (1-based, the "
+                             "original's stopK; -1 or 0: all exits), the same as MODEL.EXIT.STOP "
+                             "K; dl_test then writes under OUTPUT_DIR/inference/<weights>.exitK/")
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="processes per machine (GPUs; CPU processes with MODEL.DEVICE cpu); "
                              "more than the visible GPUs, or than the CPU cores with "
@@ -111,6 +116,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
             )
     if len(args.opts) % 2:
         parser.error(f"overrides must come in KEY VALUE pairs, got an odd number: {args.opts}")
+    if getattr(args, "exit", None) is not None and args.exit < -1:
+        parser.error(f"--exit {args.exit}: give the last exit to run, 1-based (1 = the cheapest), "
+                     "or -1 / 0 for all exits")
     return args
 
 
@@ -406,9 +414,12 @@ class DefaultTrainer(SimpleTrainer):
         Returns on the main process ``{dataset: {"sem_seg": {...}}}``, or the inner dict when
         there is one dataset (detectron2's convention), and writes it to
         ``OUTPUT_DIR/results.json``; other ranks get ``{}``. With ``TEST.VIS_NUM_IMAGES > 0``
-        also writes image | ground truth | prediction panels.
+        also writes image | ground truth | prediction panels. For a model with exits
+        (``sem_seg_exits``) also the per-exit report (``dl_lib.evaluation.exits.report_exits``):
+        ``results["exits"]``, ``result.txt`` and ``exits_tradeoff.png``.
         """
         from dl_lib.evaluation import inference_on_dataset, write_panels
+        from dl_lib.evaluation.exits import report_exits, run_label
 
         names = list(cfg.DATASETS.TEST)
         if evaluators is not None and len(evaluators) != len(names):
@@ -430,10 +441,13 @@ class DefaultTrainer(SimpleTrainer):
             if comm.is_main_process():
                 results[name] = res or {}
                 logger.info(f"Evaluation results for {name}:\n{_format_results(res or {})}")
+                # OUTPUT_DIR for the usual single test set; one folder per set otherwise.
+                vis_root = (cfg.OUTPUT_DIR if len(names) == 1
+                            else os.path.join(cfg.OUTPUT_DIR, "inference", name))
+                # multi-exit models: results["exits"], result.txt and exits_tradeoff.png
+                label = run_label(cfg.OUTPUT_DIR) + (f" {name}" if len(names) > 1 else "")
+                report_exits(results[name], vis_root, model=_unwrap(model), run=label)
                 if cfg.TEST.VIS_NUM_IMAGES > 0:
-                    # OUTPUT_DIR/vis/ for the usual single test set; one folder per set otherwise.
-                    vis_root = (cfg.OUTPUT_DIR if len(names) == 1
-                                else os.path.join(cfg.OUTPUT_DIR, "inference", name))
                     write_panels(cfg, _unwrap(model), name, vis_root, cfg.TEST.VIS_NUM_IMAGES)
         if not comm.is_main_process():
             return {}

@@ -106,12 +106,31 @@ def _device_of(model: nn.Module) -> str:
     return str(device)
 
 
-def _summarize_latency(image_ms: List[float], device: str, with_costs: bool) -> dict:
-    """Per-image compute times of all ranks -> ``{"ms_per_image": median, ...}`` on the main one."""
-    gathered = comm.gather(image_ms)
+def _exit_times(outputs: List[dict]) -> List[List[float]]:
+    """The ``"exit_ms"`` of every output that has one: per image, the cumulative milliseconds
+    until each exit's logits were ready (cheapest exit first)."""
+    rows = []
+    for out in outputs:
+        times = out.get("exit_ms") if isinstance(out, dict) else None
+        if times is not None:
+            rows.append([float(t) for t in times])
+    return rows
+
+
+def _median_per_exit(rows: List[List[float]]) -> List[float]:
+    """Per exit k, the median of ``row[k]`` over the rows that reach exit k."""
+    num_exits = max((len(r) for r in rows), default=0)
+    return [statistics.median([r[k] for r in rows if len(r) > k]) for k in range(num_exits)]
+
+
+def _summarize_latency(image_ms: List[float], device: str, with_costs: bool,
+                       exit_ms: Sequence[Sequence[float]] = ()) -> dict:
+    """Per-image compute times of all ranks -> ``{"ms_per_image": median, ...}`` on the main one;
+    with ``exit_ms`` (one row of per-exit times per timed image) also ``"exit_ms_per_image"``."""
+    gathered = comm.gather((image_ms, [list(r) for r in exit_ms]))
     if not comm.is_main_process():
         return {}
-    times = [t for part in gathered for t in part]
+    times = [t for part, _ in gathered for t in part]
     if not times:
         return {}
     summary = {"ms_per_image": statistics.median(times),
@@ -120,6 +139,11 @@ def _summarize_latency(image_ms: List[float], device: str, with_costs: bool) -> 
     note = " (includes counting TEST.COST_CONVENTIONS)" if with_costs else ""
     logger.info(f"Latency per image on {device}: median {summary['ms_per_image']:.2f} ms, mean "
                 f"{summary['mean_ms_per_image']:.2f} ms over {len(times)} timed images{note}")
+    per_exit = _median_per_exit([r for _, part in gathered for r in part])
+    if per_exit:
+        summary["exit_ms_per_image"] = per_exit
+        logger.info(f"Latency per image until each exit on {device} (median): "
+                    + ", ".join(f"exit{k} {t:.2f} ms" for k, t in enumerate(per_exit)))
     return summary
 
 
@@ -164,7 +188,10 @@ def inference_on_dataset(model: nn.Module, data_loader: Iterable,
     Latency: the model's compute time per image (a batch's time split over its images, device
     synchronised, warm-up batches excluded) is added as ``{"time": {"ms_per_image": median,
     "mean_ms_per_image": mean, "num_images": timed images, "device": "cpu (2 threads)",
-    "with_cost_counting": whether cost_conventions were counted meanwhile}}``.
+    "with_cost_counting": whether cost_conventions were counted meanwhile}}``. Outputs of
+    multi-exit models may carry ``"exit_ms"`` (per image, cumulative milliseconds from the start
+    of the forward until each exit's logits were ready, cheapest first); their per-exit median
+    over the timed images of every rank is added as ``"exit_ms_per_image"`` (a list).
 
     Returns ``evaluator.evaluate()``: ``{"sem_seg": {"mIoU": ...}, ...}`` on the main process,
     ``None`` (or ``{}``) elsewhere. Every rank must call this function.
@@ -190,6 +217,7 @@ def inference_on_dataset(model: nn.Module, data_loader: Iterable,
     total_compute = total_data = total_eval = 0.0
     n_images = n_timed = 0
     image_ms: List[float] = []  # compute time of each timed image (its batch's share)
+    exit_ms: List[List[float]] = []  # per timed image, the model's own times until each exit
     with ExitStack() as stack:
         stack.enter_context(inference_context(model))
         stack.enter_context(torch.no_grad())
@@ -211,6 +239,7 @@ def inference_on_dataset(model: nn.Module, data_loader: Iterable,
             total_compute += compute
             if idx >= num_warmup and len(inputs):
                 image_ms.extend([1e3 * compute / len(inputs)] * len(inputs))
+                exit_ms.extend(_exit_times(outputs))
 
             eval_start = time.perf_counter()
             evaluator.process(inputs, outputs)
@@ -243,7 +272,7 @@ def inference_on_dataset(model: nn.Module, data_loader: Iterable,
     # an evaluator with nothing to report returns None; callers may still index the result
     if results is None:
         results = {}
-    latency = _summarize_latency(image_ms, _device_of(model), bool(cost_conventions))
+    latency = _summarize_latency(image_ms, _device_of(model), bool(cost_conventions), exit_ms)
     if comm.is_main_process() and latency:
         results["time"] = latency
     if cost_conventions:

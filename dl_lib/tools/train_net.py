@@ -29,6 +29,10 @@ error unless ``MODEL.WEIGHTS_STRICT False``. Its outputs (``config.yaml``, ``log
 atomically, so the training run's own ``config.yaml`` and ``results.json`` are never overwritten.
 A checkpoint that stores an ``architecture`` is rebuilt with it
 (``dl_lib.checkpoint.apply_checkpoint_architecture``).
+
+``--exit K`` (models with early exits) is ``MODEL.EXIT.STOP K``: the model runs only up to exit K
+(1-based; -1 / 0: all); ``dl_test`` then writes under ``inference/<weights name>.exitK/``. A
+playground whose config has no ``MODEL.EXIT.STOP`` refuses it (exit 2, naming the fix).
 """
 import contextlib
 import logging
@@ -50,7 +54,7 @@ from dl_lib.utils import comm
 from dl_lib.utils.file_io import atomic_write
 
 __all__ = ["main_train", "main_test", "main", "run", "weights_to_evaluate",
-           "inference_output_dir", "MissingWeightsError"]
+           "inference_output_dir", "exit_stop", "exit_flag_opts", "MissingWeightsError"]
 
 logger = logging.getLogger("dl_lib.tools.train_net")
 
@@ -114,10 +118,43 @@ def weights_to_evaluate(cfg, resume: bool = False, random_weights: bool = False)
     return _weights_and_source(cfg, resume, random_weights)[0]
 
 
-def inference_output_dir(output_dir: str, weights: str) -> str:
-    """``output_dir/inference/<weights file name without extension>`` (``random_init`` for "")."""
+def inference_output_dir(output_dir: str, weights: str, stop: int = -1) -> str:
+    """``output_dir/inference/<weights file name without extension>`` (``random_init`` for "");
+    ``<name>.exit<K>`` for a run stopped at exit ``stop`` = K >= 1 (``MODEL.EXIT.STOP``), so it
+    never overwrites the all-exits results of the same weights."""
     name = os.path.splitext(os.path.basename(weights.rstrip("/")))[0] if weights else ""
-    return os.path.join(output_dir, "inference", name or _RANDOM_INIT)
+    name = name or _RANDOM_INIT
+    if stop is not None and int(stop) > 0:
+        name = f"{name}.exit{int(stop)}"
+    return os.path.join(output_dir, "inference", name)
+
+
+def exit_stop(cfg) -> int:
+    """``MODEL.EXIT.STOP`` (the last exit to run, 1-based; -1 / 0 = all), -1 for a config
+    without that key (a model without exits)."""
+    exit_cfg = cfg.MODEL.get("EXIT")
+    return int(exit_cfg.get("STOP", -1)) if exit_cfg is not None else -1
+
+
+def exit_flag_opts(cfg, k: int, playground_dir: str, prog: str = "dl_test",
+                   opts: Sequence[str] = ()) -> list:
+    """The overrides ``--exit K`` stands for, ``["MODEL.EXIT.STOP", "K"]`` (after ``opts``, so
+    it wins over the playground's config.py); a ``ConfigError`` naming the flag and the fix when
+    the playground's config has no ``MODEL.EXIT.STOP`` (its model has no exits) or the command
+    line's ``opts`` also set it, to another value."""
+    exit_cfg = cfg.MODEL.get("EXIT")
+    if exit_cfg is None or "STOP" not in exit_cfg:
+        raise ConfigError(
+            f"--exit {k} sets MODEL.EXIT.STOP, but the config of {playground_dir} has no "
+            f"MODEL.EXIT.STOP: its model has no early exits that can stop. Drop --exit, or run "
+            f"{prog} in a playground of a family with exits (one whose config adds "
+            "MODEL.EXIT.STOP, e.g. family='anytime').")
+    given = [v for key, v in zip(opts[::2], opts[1::2]) if key == "MODEL.EXIT.STOP"]
+    if given and int(given[-1]) != int(k):
+        raise ConfigError(
+            f"--exit {k} contradicts the override MODEL.EXIT.STOP {given[-1]}; give one of them "
+            f"(`{prog} --exit {k}`).")
+    return ["MODEL.EXIT.STOP", str(int(k))]
 
 
 def _evaluate(trainer_cls, cfg, train_cfg, model, weights: str):
@@ -154,7 +191,7 @@ def run(args):
         cfg, (args.resume and readable_resume_checkpoint(cfg.OUTPUT_DIR)) or None)
     train_cfg = cfg.clone()
     if args.eval_only:  # never overwrite the training run's config.yaml / results.json
-        cfg.OUTPUT_DIR = inference_output_dir(cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS)
+        cfg.OUTPUT_DIR = inference_output_dir(cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS, exit_stop(cfg))
     # First, so that net.py's import and build log to OUTPUT_DIR/log.txt; config.yaml comes later.
     default_setup(cfg, args, save_config=False)
     moved = getattr(args, "moved_aside", None)
@@ -205,6 +242,10 @@ def main(argv: Optional[Sequence[str]] = None, eval_only: bool = False,
         # Absolute, so every process (and the log) names the same folder.
         args.playground = playground.find_playground(args.playground)
         cfg = playground.load_config(args.playground, args.opts)  # checks the values too
+        if getattr(args, "exit", None) is not None:  # --exit K: MODEL.EXIT.STOP K, checked
+            args.opts = list(args.opts) + exit_flag_opts(cfg, args.exit, args.playground, prog,
+                                                         args.opts)
+            cfg = playground.load_config(args.playground, args.opts)
         check_device_available(cfg)  # one line, not a CUDA traceback per process
         check_weights_file(cfg.MODEL.WEIGHTS)  # a text / empty / truncated file: one line too
         # --num-gpus above the GPUs / CPU cores: refused before OUTPUT_DIR is touched
@@ -213,7 +254,7 @@ def main(argv: Optional[Sequence[str]] = None, eval_only: bool = False,
         if args.eval_only:
             weights = weights_to_evaluate(cfg, args.resume, args.random_weights)
             check_weights_file(weights)  # also the file last_checkpoint names
-            run_dir = inference_output_dir(cfg.OUTPUT_DIR, weights)
+            run_dir = inference_output_dir(cfg.OUTPUT_DIR, weights, exit_stop(cfg))
         else:
             run_dir = cfg.OUTPUT_DIR
         if _owns_output_dir(args):
