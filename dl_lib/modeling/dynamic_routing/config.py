@@ -37,6 +37,9 @@ def add_dynamic_routing_config(cfg: CfgNode) -> None:
     # per_image is the default: ~9% faster than subbatch on a mixed batch of 4 at 512x1024 on CPU
     # (gathering the sub-batches costs more than batching gains; benchmarks/README.md).
     cfg.MODEL.GATE.SKIP_MODE = "per_image"
+    # Inference: run a cell fed only by closed routes on zeros, as the original (True; BN biases
+    # make its output non-zero), or skip it with its gates (False: the rule, cheaper).
+    cfg.MODEL.GATE.RUN_ZERO_FED_CELLS = False
     # Inference only: every gate forced to this value (< 0: off), e.g. 1.0 opens every route.
     cfg.MODEL.GATE.FIXED_VALUE = -1.0
     # Inference only: JSON file {"<layer>.<cell>" or "init": {"keep": g, "up": g, "down": g}}

@@ -14,6 +14,8 @@ a cell none of whose input routes is open is not computed (its gate network neit
 per image. "subbatch" runs each cell on the images of the batch that need it, "per_image" runs
 the images one by one, "dense" computes everything and zeroes what is closed (the reference the
 tests compare with). Training computes every route (the gates multiply them), as the original.
+``MODEL.GATE.RUN_ZERO_FED_CELLS`` runs, as the original, a cell whose input routes are all closed
+routes of cells that ran, on zeros (its output is not zero: BN biases), in every mode.
 
 Module names follow the original's state dict (``backbone.stem.stem_1``,
 ``backbone.all_cell_list.<layer>.<cell>.{cell_ops._ops.0.op.<i>,res_up.1,res_down.1,
@@ -240,6 +242,9 @@ class Route:
     # dense path: which images the route carries data for (a closed cell's identity pass-through
     # carries X although its keep gate is closed); None = all of them (sparse pieces, training)
     open: Optional[torch.Tensor] = None
+    # dense path: images whose producing cell ran (a closed route is then the original's zero
+    # tensor, not absent: run_zero_fed_cells); None = all of them
+    ran: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -290,8 +295,10 @@ def _add_rows(acc: Optional[torch.Tensor], rows: List[int], y: torch.Tensor, m: 
 @dataclass
 class _Piece:
     """Sparse inference: a route's output for the images ``images`` (sorted batch indices), each
-    already times its gate ``gates`` (floats); ``cost``: the route's paper MFLOPs."""
-    x: torch.Tensor
+    already times its gate ``gates`` (floats); ``cost``: the route's paper MFLOPs. ``x`` None:
+    the route is closed for these images but its cell ran (the original's zero tensor; only
+    emitted with ``run_zero_fed_cells``)."""
+    x: Optional[torch.Tensor]
     images: List[int]
     gates: List[float]
     cost: float
@@ -306,7 +313,8 @@ class DynamicNetwork(Backbone):
                  max_stride: int = 32, norm: str = "BN", separable_stem: bool = True,
                  drop_prob: float = 0.0, gate_on: bool = True, small_gate: bool = False,
                  gate_init_bias: float = 1.5, skip_threshold: float = 1e-4,
-                 skip_mode: str = "per_image", cell_type: Sequence[str] = CELL_OPS):
+                 skip_mode: str = "per_image", cell_type: Sequence[str] = CELL_OPS,
+                 run_zero_fed_cells: bool = False):
         super().__init__()
         max_scale = int(round(math.log2(max_stride // 4)))
         if 4 * 2 ** max_scale != max_stride or max_scale < 1:
@@ -320,6 +328,9 @@ class DynamicNetwork(Backbone):
         self.layer_num, self.max_scale, self.max_stride = layer_num, max_scale, max_stride
         self.init_channel, self.drop_prob = init_channel, float(drop_prob)
         self.skip_threshold, self.skip_mode = float(skip_threshold), skip_mode
+        # Inference: also run a cell whose input routes are all closed routes of cells that ran,
+        # on zeros, as the original does (MODEL.GATE.RUN_ZERO_FED_CELLS); False skips it.
+        self.run_zero_fed_cells = bool(run_zero_fed_cells)
         self.gate_on, self.small_gate = gate_on, small_gate
         self.layout = cell_layout(layer_num, cell_num_list, max_scale)
         kw = dict(gate_on=gate_on, small_gate=small_gate, gate_init_bias=gate_init_bias,
@@ -552,6 +563,10 @@ class DynamicNetwork(Backbone):
         # a cell is idle for an image none of whose input routes is open (hard mode only)
         opened = torch.stack([torch.ones_like(closed) if r.open is None else r.open for r in routes])
         active = opened.any(0) if hard else torch.ones_like(closed)
+        if hard and self.run_zero_fed_cells:  # closed routes of cells that ran feed it zeros
+            ran = [r.ran for r in routes if r.ran is not None]
+            if ran:
+                active = active | torch.stack(ran).any(0)
         runs = active & ~closed
         hbody = cell.cell_ops(x, keep_prob)
         out: Dict[str, List[Route]] = {}
@@ -567,7 +582,7 @@ class DynamicNetwork(Backbone):
             if route == "keep":
                 if hard:
                     open_ = open_ | (closed & active)
-            out[route] = [Route(y, None, gi, k[route], open_)]
+            out[route] = [Route(y, None, gi, k[route], open_, runs if hard else None)]
         acc = dict(expt=torch.zeros_like(g[:, 0]), real=torch.zeros_like(g[:, 0]),
                    tracked=torch.zeros_like(g[:, 0]), extra=torch.zeros_like(g[:, 0]),
                    gates=g * active.view(-1, 1).to(g.dtype))
@@ -662,14 +677,16 @@ class DynamicNetwork(Backbone):
             for i in range(n):
                 real[i] += k["gate"]
         pieces = [p for p in pieces if p.images]
-        if not pieces:  # no input route open for any image: the cell and its gates do not run
+        zero_fed = [i for p in pieces if p.x is None for i in p.images]  # run_zero_fed_cells
+        pieces = [p for p in pieces if p.x is not None]
+        if not pieces and not zero_fed:  # no input route open: the cell and its gates do not run
             if self.record_gates:
                 gate_record[name] = torch.zeros(n, cell.gate_num)
             return {}
-        if len(pieces) == 1:
+        if len(pieces) == 1 and not zero_fed:
             members = pieces[0].images
         else:
-            members = sorted(set().union(*(p.images for p in pieces)))
+            members = sorted(set(zero_fed).union(*(p.images for p in pieces)))
         m = len(members)
         pos = {img: j for j, img in enumerate(members)}
 
@@ -680,6 +697,11 @@ class DynamicNetwork(Backbone):
                 x = p.x
             else:
                 x = _add_rows(x, [pos[i] for i in p.images], p.x, m, p.x)
+        if x is None:  # only images fed by closed routes: the original's all-zero input
+            weight = cell.cell_ops._ops[0].op[1].weight
+            x = weight.new_zeros((m, cell.channels) + self._cell_hw(cell))
+            if prefers_channels_last(x.device):
+                x = x.contiguous(memory_format=torch.channels_last)
         with self._cost_scope(members):
             g = cell.gates(x)
         gl = g.tolist()
@@ -731,6 +753,9 @@ class DynamicNetwork(Backbone):
         nb = len(body_rows)
         for route, ri in route_index:
             sel = [q for q, j in enumerate(body_rows) if gl[j][ri] > thr]
+            if self.run_zero_fed_cells and len(sel) < nb:  # closed, but this cell ran
+                shut = [body_images[q] for q, j in enumerate(body_rows) if gl[j][ri] <= thr]
+                out.setdefault(route, []).append(_Piece(None, shut, [0.0] * len(shut), k[route]))
             if not sel:
                 continue
             images = [body_images[q] for q in sel]
@@ -751,7 +776,7 @@ class DynamicNetwork(Backbone):
     def _assemble_sparse(self, pieces: List[_Piece], n: int, like: torch.Tensor, c: int,
                          hw0) -> torch.Tensor:
         """The full N-image tensor of output scale ``c`` from its pieces (zeros where none)."""
-        pieces = [p for p in pieces if p.images]
+        pieces = [p for p in pieces if p.images and p.x is not None]
         if len(pieces) == 1 and len(pieces[0].images) == n:
             return pieces[0].x
         out = None
@@ -883,7 +908,8 @@ class DynamicRoutingSegmentor(SemanticSegmentor):
             layer_num=b.LAYER_NUM, cell_num_list=b.CELL_NUM_LIST, init_channel=b.INIT_CHANNEL,
             max_stride=b.MAX_STRIDE, norm=b.NORM, separable_stem=b.SEPT_STEM, drop_prob=b.DROP_PROB,
             gate_on=g.GATE_ON, small_gate=g.SMALL_GATE, gate_init_bias=g.GATE_INIT_BIAS,
-            skip_threshold=g.SKIP_THRESHOLD, skip_mode=g.SKIP_MODE, cell_type=b.CELL_TYPE)
+            skip_threshold=g.SKIP_THRESHOLD, skip_mode=g.SKIP_MODE, cell_type=b.CELL_TYPE,
+            run_zero_fed_cells=g.RUN_ZERO_FED_CELLS)
         if g.FIXED_VALUE >= 0 or g.ROUTES_FILE:
             backbone.force_gates(g.FIXED_VALUE if g.FIXED_VALUE >= 0 else None,
                                  load_routes_file(g.ROUTES_FILE) if g.ROUTES_FILE else None)

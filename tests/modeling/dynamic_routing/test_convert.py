@@ -305,8 +305,9 @@ def test_the_comparison_fails_on_a_wrong_conversion(routed, routed_model):
 def test_cell_fed_only_by_closed_routes_is_the_one_known_deviation(dump, tmp_path):
     """Issue point 4 asks that a cell whose input routes are all closed is not computed; the
     original computes it on an all-zero input (its closed routes are zero tensors), which is not
-    zero after BN biases. So there our logits follow that rule (the original restated with closed
-    routes absent) and differ from the original's; nowhere else (the tests above)."""
+    zero after BN biases. So there, by default, our logits follow that rule (the original restated
+    with closed routes absent) and differ from the original's; nowhere else (the tests above).
+    ``MODEL.GATE.RUN_ZERO_FED_CELLS`` (``run_zero_fed_cells``) gives the original's logits."""
     sd = random_original_weights(dump)
     close_gates(sd, "6.3", ["keep"], GATE_ORDER)  # 7.3 gets keep(6.3) = 0 and down(6.2) = 0
     close_gates(sd, "6.2", ["down"], GATE_ORDER)
@@ -315,10 +316,15 @@ def test_cell_fed_only_by_closed_routes_is_the_one_known_deviation(dump, tmp_pat
     assert rec.zero_input_cells == ["7.3"]
     our_rule, _ = original_logits(sd, bgr(img), absent_when_closed=True)
     model = released_model(sd, tmp_path)
+    assert model.backbone.run_zero_fed_cells is False  # the default
     for mode in SKIP_MODES:
         ours = eval_logits(model, [img], mode)[0]
         assert_rel_close(ours, our_rule[0], what=f"{mode}, closed routes absent")
         assert float((ours - original[0]).abs().max() / original.abs().max()) > 1e-3, mode
+    model.backbone.run_zero_fed_cells = True
+    for mode in SKIP_MODES:
+        assert_rel_close(eval_logits(model, [img], mode)[0], original[0],
+                         what=f"{mode}, RUN_ZERO_FED_CELLS")
 
 
 def test_fix_network_round_trip(dump, tmp_path):
