@@ -1,5 +1,6 @@
 """Evaluation: the evaluator protocol, inference loop, semantic segmentation metrics (confusion
-matrix, Cityscapes-rule mIoU), the official Cityscapes script, and result panels."""
+matrix, Cityscapes-rule mIoU), the official Cityscapes script, result panels; the per-exit
+report and trade-off plot of multi-exit models are in ``dl_lib.evaluation.exits``."""
 from .build import build_evaluator
 from .cityscapes import CityscapesSemSegEvaluator
 from .evaluator import DatasetEvaluator, DatasetEvaluators, inference_context, inference_on_dataset
