@@ -211,9 +211,9 @@ def plot_exit_tradeoff(runs: Sequence[Tuple[str, Mapping]], path: Optional[str] 
     ``runs``: ``(label, report)`` pairs (reports of :func:`exit_report`); each is one solid line
     with filled markers per panel where the report has that cost. ``published``: ``{label:
     {"mIoU": [...], "gflops": [...] (, "ms": [...])}}``, drawn as dashed lines with hollow
-    markers labelled ``"published: <label>"``; None = the union of the reports' own
-    ``"published"`` points. Writes a PNG to ``path`` (atomically) when given; returns the
-    matplotlib ``Figure`` (Agg canvas, no pyplot state).
+    markers labelled ``"published: <label>"`` (``<label>`` alone when it says "published");
+    None = the union of the reports' own ``"published"`` points. Writes a PNG to ``path``
+    (atomically) when given; returns the matplotlib ``Figure`` (Agg canvas, no pyplot state).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -244,7 +244,8 @@ def plot_exit_tradeoff(runs: Sequence[Tuple[str, Mapping]], path: Optional[str] 
             if key in points:
                 x, y = _finite(points[key], points["mIoU"])
                 ax.plot(x, y, marker="s", linestyle="--", color=f"C{len(runs) + j}",
-                        markerfacecolor="none", label=f"published: {label}")
+                        markerfacecolor="none",
+                        label=label if "published" in label.lower() else f"published: {label}")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("mIoU (%)")
         ax.grid(True, alpha=0.3)
