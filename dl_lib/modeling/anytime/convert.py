@@ -37,8 +37,8 @@ def convert_released(state_dict: Mapping) -> Dict:
     """Released ``model.*`` names -> ``backbone.*`` / ``head.*``; the loss buffer is dropped."""
     out = OrderedDict()
     for key, value in state_dict.items():
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix + "model."):
+        for prefix in _WRAPPER_PREFIXES:  # a DDP-wrapped FullEEModel: its loss buffer too
+            if key.startswith((prefix + "model.", prefix + "loss.")):
                 key = key[len(prefix):]
         if key in _LOSS_KEYS:
             continue
