@@ -190,7 +190,8 @@ class HighResolutionNet(Backbone):
         self._out_feature_channels = {n: c for n, c in zip(names, widths_pre)}
         self._out_feature_strides = {n: s for n, s in zip(names, _BRANCH_STRIDES)}
         for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            # _BatchNorm: also nn.SyncBatchNorm (NCCL "SyncBN"), which is no BatchNorm2d.
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = BN_MOMENTUM
         self.init_weights()
 
@@ -199,7 +200,7 @@ class HighResolutionNet(Backbone):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.001)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 

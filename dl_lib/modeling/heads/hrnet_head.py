@@ -21,7 +21,7 @@ class HRNetClassifier(nn.Sequential):
     def __init__(self, in_channels: int, num_classes: int, kernel_size: int = 1,
                  norm_layer: Optional[Callable[[int], nn.Module]] = None):
         norm = (norm_layer or nn.BatchNorm2d)(in_channels)
-        if isinstance(norm, nn.BatchNorm2d):
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm):  # SyncBatchNorm included
             norm.momentum = BN_MOMENTUM
         super().__init__(
             nn.Conv2d(in_channels, in_channels, 1),
