@@ -52,6 +52,8 @@ _C.MODEL.BACKBONE.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 _C.MODEL.BACKBONE.DEEP_STEM = False
 # Dilate the last stages to keep output stride 8 or 16 (32 = no dilation).
 _C.MODEL.BACKBONE.OUTPUT_STRIDE = 32
+# Dilation of each block's conv2 in res2..res5, strides kept (stride 32); MFARANet [1, 1, 2, 4].
+_C.MODEL.BACKBONE.STAGE_DILATIONS = [1, 1, 1, 1]
 # --- modeling (baseline segmentor) ---
 # ResNet channels of the stem and res2 (64 = torchvision); each later stage doubles. Narrower is faster.
 _C.MODEL.BACKBONE.WIDTH = 64

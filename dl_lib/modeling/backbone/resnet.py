@@ -2,11 +2,13 @@
 
 Additions over torchvision's classifier: named multi-scale outputs (``stem``, ``res2``..``res5``),
 an optional deep stem (three 3×3 convs, ResNet-C), dilated last stages for output stride 8 or 16,
-a configurable normalisation layer and frozen early stages (``FREEZE_AT``). Parameter names of the
-plain-stem variant match torchvision's (``conv1``, ``bn1``, ``layer1``..``layer4``);
-``ResNet.convert_pretrained`` maps the deep-stem ImageNet layouts (semseg/PSPNet ``resnet50_v2``,
-SFNet/MFARANet ``resnet18-deep-inplane128``) to ours, for ``MODEL.PRETRAINED``. Those files have a
-128-channel deep stem: build with ``MODEL.BACKBONE.STEM_WIDTH 128``.
+dilation of each stage's ``conv2`` with the strides kept (MFARANet's receptive-field enlargement:
+``stage_dilations``), a configurable normalisation layer and frozen early stages (``FREEZE_AT``).
+Parameter names of the plain-stem variant match torchvision's (``conv1``, ``bn1``,
+``layer1``..``layer4``); ``ResNet.convert_pretrained`` maps the deep-stem ImageNet layouts
+(semseg/PSPNet ``resnet50_v2``, SFNet/MFARANet ``resnet18-deep-inplane128``) to ours, for
+``MODEL.PRETRAINED``. Those files have a 128-channel deep stem: build with
+``MODEL.BACKBONE.STEM_WIDTH 128``.
 """
 from typing import Callable, Dict, Optional, Sequence
 
@@ -78,6 +80,18 @@ def _dilate_stage(stage: nn.Sequential, dilation: int, first_dilation: int) -> N
         block.stride = 1
 
 
+def _dilate_conv2_keep_stride(stage: nn.Sequential, dilation: int) -> None:
+    """Dilate (and pad by) ``dilation`` the ``conv2`` of every block of ``stage``, in place,
+    keeping every stride: the stage's output size does not change, only its receptive field.
+
+    ``conv2`` is the second 3×3 of a BasicBlock and the (strided) 3×3 of a Bottleneck. This is
+    MFARANet's ``use_dilation`` (layer3 2, layer4 4 at output stride 32), unlike
+    ``output_stride`` 8/16, which removes strides (DeepLab)."""
+    for block in stage:
+        block.conv2.dilation = (dilation, dilation)
+        block.conv2.padding = (dilation, dilation)
+
+
 def _make_stage(block, in_channels: int, planes: int, blocks: int, stride: int,
                 norm_layer: Callable[[int], nn.Module]) -> nn.Sequential:
     """``blocks`` torchvision residual blocks; the first one changes stride/channels (1×1 shortcut)."""
@@ -124,6 +138,8 @@ class ResNet(Backbone):
             ImageNet files, whose res2 then starts with a 128 -> res2 shortcut.
         zero_init_residual: zero the last norm of each residual branch so every block starts as
             the identity; this makes training from scratch converge much faster.
+        stage_dilations: dilation of the ``conv2`` of every block of res2..res5, strides kept
+            (output stride stays 32; only with ``output_stride`` 32). MFARANet: (1, 1, 2, 4).
 
     Input: N×3×H×W normalised images. Output: ``{name: N×C×ceil(H/s)×ceil(W/s)}``.
     """
@@ -131,7 +147,8 @@ class ResNet(Backbone):
     def __init__(self, depth: str = "resnet18", out_features: Sequence[str] = tuple(_STAGES),
                  norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d, deep_stem: bool = False,
                  output_stride: int = 32, freeze_at: int = 0, width: int = 64,
-                 zero_init_residual: bool = True, stem_width: Optional[int] = None):
+                 zero_init_residual: bool = True, stem_width: Optional[int] = None,
+                 stage_dilations: Sequence[int] = (1, 1, 1, 1)):
         super().__init__()
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"Unknown ResNet depth {depth!r} (MODEL.BACKBONE.NAME); choose one of "
@@ -142,6 +159,14 @@ class ResNet(Backbone):
         if unknown or not out_features:
             raise ValueError(f"ResNet out_features {list(out_features)} must be a non-empty subset of "
                              f"{['stem'] + _STAGES} (MODEL.BACKBONE.OUT_FEATURES).")
+        stage_dilations = [int(d) for d in stage_dilations]
+        if len(stage_dilations) != 4 or min(stage_dilations) < 1:
+            raise ValueError(f"MODEL.BACKBONE.STAGE_DILATIONS must be 4 integers >= 1 (res2..res5), "
+                             f"got {stage_dilations}.")
+        if output_stride != 32 and stage_dilations != [1, 1, 1, 1]:
+            raise ValueError(f"MODEL.BACKBONE.STAGE_DILATIONS {stage_dilations} dilates with the "
+                             f"strides kept; it cannot be combined with OUTPUT_STRIDE "
+                             f"{output_stride} (which removes strides): use one of the two.")
         block, layers = RESNET_DEPTHS[depth]
         stem_width = stem_width or width
         if deep_stem:
@@ -165,6 +190,9 @@ class ResNet(Backbone):
                                                         1 if i == 0 else 2, norm_layer))
             in_channels = planes * block.expansion
         _init_weights(self, zero_init_residual)
+        for i, d in enumerate(stage_dilations):
+            if d != 1:
+                _dilate_conv2_keep_stride(getattr(self, f"layer{i + 1}"), d)
 
         strides = {"stem": 4, "res2": 4, "res3": 8}
         if output_stride == 8:
@@ -247,11 +275,12 @@ class ResNet(Backbone):
 @BACKBONE_REGISTRY.register()
 def build_resnet_backbone(cfg) -> ResNet:
     """ResNet from ``MODEL.BACKBONE.{NAME, NORM, OUT_FEATURES, DEEP_STEM, OUTPUT_STRIDE, FREEZE_AT,
-    WIDTH, STEM_WIDTH}``."""
+    WIDTH, STEM_WIDTH, STAGE_DILATIONS}``."""
     b = cfg.MODEL.BACKBONE
     return ResNet(depth=b.NAME, out_features=b.OUT_FEATURES, norm_layer=norm_factory(b.NORM),
                   deep_stem=b.DEEP_STEM, output_stride=b.OUTPUT_STRIDE, freeze_at=b.FREEZE_AT,
-                  width=b.WIDTH, stem_width=b.STEM_WIDTH or None)
+                  width=b.WIDTH, stem_width=b.STEM_WIDTH or None,
+                  stage_dilations=b.STAGE_DILATIONS)
 
 
 # Registering each depth under its own name lets MODEL.BACKBONE.NAME be "resnet18" directly.
