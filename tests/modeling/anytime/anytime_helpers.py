@@ -138,3 +138,32 @@ def max_prob(logits):
 def images(n=2, h=64, w=128, seed=1):
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, h, w, generator=gen)
+
+
+def exit_classifier(model, k):
+    """Exit k's final convolution (C -> num_classes)."""
+    return model.head.exit(k)[-1]
+
+
+def calibrate(model, x, spread=3.0, quantile=0.7):
+    """Scale every exit classifier so that its logits on ``x`` have the same spread (std over
+    classes ~ ``spread``) and set the threshold at a ``quantile`` of exit 1's confidence: part of
+    the image then turns confident after each exit (mixed masks). Returns the model (eval)."""
+    model.eval()
+    threshold, model.threshold = model.threshold, 2.0  # dense
+    with torch.no_grad():
+        logits, _ = model.forward_exits(x)
+        for k, z in enumerate(logits, start=1):
+            conv = exit_classifier(model, k)
+            scale = spread / float(z.std(dim=1).mean())
+            conv.weight.mul_(scale)
+            conv.bias.mul_(scale)
+        logits, _ = model.forward_exits(x)
+    model.threshold = float(max_prob(logits[0]).quantile(quantile)) if model.mask_use else threshold
+    return model
+
+
+def mixed_model(setting="w18_RHCA", x=None, seed=0, **kwargs):
+    """A randomised model of ``setting`` with mixed masks on ``x`` (default :func:`images`)."""
+    model = randomize(build(setting, **kwargs), seed)
+    return calibrate(model, images() if x is None else x)
