@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dl_lib.checkpoint import IncompatibleCheckpointError
 from dl_lib.layers import prefers_channels_last
 
 from ..backbone.hrnet import BN_MOMENTUM, HighResolutionNet, concat_branches
@@ -23,7 +24,7 @@ from ..backbone.resnet import norm_factory
 from ..heads.hrnet_head import HRNetClassifier
 from ..meta_arch.semantic_segmentor import SemanticSegmentor, resize_logits
 from ..registry import META_ARCH_REGISTRY
-from .confidence import ForwardState, SegmentMasks, swap_convs
+from .confidence import ForwardState, SegmentMasks, pair_norms, swap_convs
 
 __all__ = ["ANYTIME_VARIANTS", "PUBLISHED", "PoolUpsampleHead", "AnytimeExits",
            "AnytimeSegmentor", "anytime_hrnet_w48", "anytime_hrnet_w18"]
@@ -194,6 +195,12 @@ class AnytimeSegmentor(SemanticSegmentor):
             swap_convs(getattr(self.backbone, name), interpolation if mask_use else "none")
         for k in (2, 3, 4):
             swap_convs(self.head.exit(k), interpolation if mask_use else "none")
+        if mask_use:  # masked convolutions may apply their BatchNorm at inference (fold_norm)
+            for name in ("transition1", "stage2", "transition2", "stage3", "transition3",
+                         "stage4"):
+                pair_norms(getattr(self.backbone, name))
+            for k in (2, 3, 4):
+                pair_norms(self.head.exit(k))
         swap_convs(self.backbone)  # the stem and layer1 (the others are swapped already)
         swap_convs(self.head.exit1)
         if class_weights:
@@ -202,6 +209,26 @@ class AnytimeSegmentor(SemanticSegmentor):
         else:
             self.class_weights = None
         self.channels_last = channels_last
+        # Benchmarks/tests: per masked segment (exits 2..4) a bool N x 1 x h x w mask at stride 4
+        # (True = computed) used instead of the one from the previous exit's logits (None: the
+        # model's own masks). Copy aggregation uses it like a computed mask.
+        self.forced_masks: Optional[Sequence[torch.Tensor]] = None
+        self._register_load_state_dict_pre_hook(self._refuse_interpolation_weights)
+
+    def _refuse_interpolation_weights(self, state_dict, prefix, *args) -> None:
+        """An ADP-C checkpoint (per-layer ``Lambda`` / ``square_dis``) loaded into a model without
+        masks would run densely as an RH/EE model: the original filtered such keys silently."""
+        if self.mask_use:
+            return
+        extra = [k for k in state_dict if k.startswith(prefix)
+                 and k.endswith((".Lambda", ".square_dis"))]
+        if extra:
+            raise IncompatibleCheckpointError(
+                f"The checkpoint is an ADP-C (confidence-adaptive) model: it has {len(extra)} "
+                f"interpolation tensors such as {extra[0]!r}, but this model has MODEL.MASK.USE "
+                "False. Set MODEL.MASK.USE True (and MODEL.MASK.CONF_THRE, 0.998 as published) to "
+                "evaluate it as trained; to run its weights densely on purpose, drop the keys "
+                "ending in '.Lambda' and '.square_dis' from the file first.")
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -271,7 +298,10 @@ class AnytimeSegmentor(SemanticSegmentor):
             timer.lap()
             for k in range(2, self.stop_exit + 1):
                 masks = None
-                if self.mask_use:
+                if self.mask_use and self.forced_masks is not None:
+                    masks = SegmentMasks.from_uncertain(self.forced_masks[k - 2],
+                                                        self.mask_resize)
+                elif self.mask_use:
                     masks = SegmentMasks(logits, self.threshold, self.criterion,
                                          self.mask_resize)
                 state.masks = masks

@@ -155,17 +155,10 @@ def test_rh_file_into_adpc_model_stops_naming_lambda(tmp_path):
         _load("w18_RHCA", path)
 
 
-@pytest.mark.xfail(strict=True, reason="Checkpointer strict loading stops on missing or "
-                   "mis-shaped tensors only: an ADP-C file's Lambda / square_dis are 'unexpected "
-                   "(ignored)' in a MODEL.MASK.USE False model, which then runs densely")
-def test_adpc_file_into_unmasked_model_stops(released, caplog):
+def test_adpc_file_into_unmasked_model_stops(released):
     _, path = released
-    with caplog.at_level(logging.INFO, logger="dl_lib"):
-        try:
-            _load("w18_RH", path)
-        finally:
-            assert "Lambda" in caplog.text  # at least named in the log
-    pytest.fail("no error")
+    with pytest.raises(IncompatibleCheckpointError, match=r"MODEL.MASK.USE True"):
+        _load("w18_RH", path)
 
 
 # ----------------------------------------------------------------------------- the convert tool
