@@ -161,8 +161,8 @@ class ResNet(Backbone):
                              f"{['stem'] + _STAGES} (MODEL.BACKBONE.OUT_FEATURES).")
         stage_dilations = [int(d) for d in stage_dilations]
         if len(stage_dilations) != 4 or min(stage_dilations) < 1:
-            raise ValueError(f"MODEL.BACKBONE.STAGE_DILATIONS must be 4 integers >= 1 (res2..res5), "
-                             f"got {stage_dilations}.")
+            raise ValueError(f"MODEL.BACKBONE.STAGE_DILATIONS must be 4 integers >= 1 "
+                             f"(res2..res5), got {stage_dilations}.")
         if output_stride != 32 and stage_dilations != [1, 1, 1, 1]:
             raise ValueError(f"MODEL.BACKBONE.STAGE_DILATIONS {stage_dilations} dilates with the "
                              f"strides kept; it cannot be combined with OUTPUT_STRIDE "

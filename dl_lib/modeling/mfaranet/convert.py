@@ -69,7 +69,7 @@ def _rules(pairs) -> List[Tuple["re.Pattern", str]]:
 
 
 _RULES = _rules(RELEASED_TO_OURS)
-# Inverse: the most specific (longest) of our prefixes first ("compress.0.norm." before "compress.0.").
+# Inverse: the longest (most specific) of our prefixes first: "compress.0.norm." before "compress.0.".
 _INVERSE = _rules(sorted(((o, t) for t, o in RELEASED_TO_OURS), key=lambda r: -len(r[0])))
 _DROPPED = ("aux_head.",)
 _WRAPPERS = ("module.",)

@@ -76,7 +76,7 @@ def backbone_config(variant: str = "r18_deep_stem") -> dict:
 
 # ------------------------------------------------------------------------------- functions
 def upsample_logits(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize with ``align_corners=True`` (every MFARANet interpolation); no-op if equal."""
+    """Bilinear resize, ``align_corners=True`` (every MFARANet interpolation); no-op if equal."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
@@ -246,7 +246,8 @@ class MFARANetDecoder(nn.Module):
                     branch_only=m.BRANCH_ONLY)
 
     def levels(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """The merged, un-warped level features F_1..F_n (n = ``num_levels``), F_i at stride 4·2^(i-1)."""
+        """The merged, un-warped level features F_1..F_n (n = ``num_levels``); F_i has stride
+        4·2^(i-1)."""
         c = [conv(f) for conv, f in zip(self.compress, features)]
         up = [None] * NUM_LEVELS
         up[-1] = f = c[-1]

@@ -76,7 +76,8 @@ def test_imagenet_deep_stem_file_through_model_pretrained(tmp_path):
 
     cfg = _mfaranet_cfg(PRETRAINED=str(path))
     model = build_model(cfg)
-    report = load_pretrained_backbone(find_backbone(model), cfg.MODEL.PRETRAINED)  # the trainer's call
+    # what the trainer calls for MODEL.PRETRAINED
+    report = load_pretrained_backbone(find_backbone(model), cfg.MODEL.PRETRAINED)
     assert report.fraction == 1.0 and report.mismatched == [] and report.missing == []
     ours = model.backbone.state_dict()
     assert torch.equal(ours["stem.0.weight"], sd["conv1.0.weight"])
