@@ -18,8 +18,9 @@ original classes, two layouts, both registered for :class:`MFARANet`:
 
 The original loads either file into either class with ``strict=False``, so a checkpoint in the
 wrong class stays silently random; here a file converts to one set of names and ``dl_test`` loads
-it strictly. ``aux_head.*`` (only with the unused ``use_aux_loss``) is dropped. The input is RGB
-normalised with the ImageNet mean / std in 0-255 units: the library's defaults.
+it strictly. ``aux_head.*`` (only with the unused ``use_aux_loss``) is dropped. The input is
+normalised with the ImageNet mean / std in 0-255 units, the library's defaults; RGB order is our
+reading of the original's loader (the reference does not state it), so no channel flip here.
 """
 import logging
 import re
