@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dl_lib.layers import dilate_mask_same, masked_conv2d, resize_mask
+from dl_lib.layers import MaskedConv2d, dilate_mask_same, masked_conv2d, resize_mask
 
 __all__ = ["SegmentMasks", "ForwardState", "AnytimeConv2d", "current_state", "swap_convs",
            "INTERPOLATIONS", "confident_fraction"]
@@ -141,6 +141,8 @@ class ForwardState:
         self.count = count
         # dense MACs of one image of the convolutions run outside any masked segment
         self.dense_macs = 0
+        # id(conv) -> the mask its call in this forward ran with (what cost conventions read)
+        self.conv_masks: Dict[int, torch.Tensor] = {}
 
     def __enter__(self) -> "ForwardState":
         if current_state() is not None:
@@ -153,14 +155,28 @@ class ForwardState:
         _LOCAL.state = None
 
 
-class AnytimeConv2d(nn.Conv2d):
+class AnytimeConv2d(MaskedConv2d):
     """``nn.Conv2d`` that, inside a masked segment, computes only the uncertain output pixels and
     fills the confident ones by ``interpolation`` (see :data:`INTERPOLATIONS`).
 
     Same weight/bias names as ``nn.Conv2d``; with an interpolation it adds the original's
     ``Lambda`` (learned bandwidth, init 3.0) and ``square_dis`` (the 7 x 7 squared distances, a
     buffer here: the original's frozen parameter), so the released ADP-C checkpoints load.
+    A ``MaskedConv2d`` whose mask comes from the running forward, never from ``set_mask``: the
+    CostTracker's hook conventions ("hrnet", "dynamic_routing") read it from ``_mask`` after the
+    call, so they count the computed positions only.
     """
+
+    @property
+    def _mask(self) -> Optional[torch.Tensor]:
+        state = current_state()
+        return None if state is None else state.conv_masks.get(id(self))
+
+    @_mask.setter
+    def _mask(self, value: Optional[torch.Tensor]) -> None:
+        if value is not None:
+            raise ValueError("AnytimeConv2d takes its masks from the anytime model's forward "
+                             "(ForwardState), not from set_mask / masked()")
 
     def __init__(self, *args, interpolation: str = "none", **kwargs):
         super().__init__(*args, **kwargs)
@@ -199,7 +215,7 @@ class AnytimeConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = current_state()
         if state is None:
-            return super().forward(x)
+            return nn.Conv2d.forward(self, x)
         size = self._output_size(x)
         masks = state.masks
         if state.count:
@@ -210,8 +226,10 @@ class AnytimeConv2d(nn.Conv2d):
                 masks.records.append((size, macs, self.out_channels,
                                       self.interpolation != "none"))
         if masks is None or masks.all_computed(size):
-            return super().forward(x)
+            state.conv_masks.pop(id(self), None)
+            return nn.Conv2d.forward(self, x)
         mask = masks.mask(size)
+        state.conv_masks[id(self)] = mask
         y = masked_conv2d(x, self.weight, self.bias, mask, self.stride, self.padding,
                           self.dilation, self.groups, dense_fallback=True)
         if self.interpolation == "none":
