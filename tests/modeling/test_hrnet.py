@@ -140,7 +140,8 @@ def test_modules_branches_blocks_and_fuse_layers(nets, variant):
                 for j, f in enumerate(row):
                     if j == i:  # identity, and no keys
                         assert f is None
-                        assert not any(k.startswith(f"stage{s}.{m}.fuse_layers.{i}.{i}.") for k in sd)
+                        own = f"stage{s}.{m}.fuse_layers.{i}.{i}."
+                        assert not any(k.startswith(own) for k in sd)
                     elif j > i:  # 1x1 conv C_j -> C_i + BN (upsampled in forward)
                         assert len(f) == 2 and isinstance(f[1], nn.BatchNorm2d)
                         _check_conv(f[0], widths[j], widths[i], 1, 1)
