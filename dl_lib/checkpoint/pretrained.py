@@ -173,6 +173,16 @@ def load_pretrained_backbone(backbone: nn.Module, path: str,
             f"{', '.join(report.unexpected[:5]) or 'none'}. Is the file in a layout "
             f"{name}.convert_pretrained knows, and for this depth / width "
             "(MODEL.BACKBONE.NAME, WIDTH, STEM_WIDTH, DEEP_STEM)?")
+    # Tensors inside the backbone's own top-level modules that it lacks: a deeper or wider variant
+    # of the same network (e.g. HRNet-W18 into W18-Small-v2), which would otherwise "match" fully.
+    groups = {name for name, _ in backbone.named_children()}
+    inside = [k for k in report.unexpected if k.split(".", 1)[0] in groups]
+    if inside:
+        raise PretrainedWeightsError(
+            f"MODEL.PRETRAINED {path} holds {len(inside)} tensors inside {name}'s own modules that "
+            f"this backbone does not have (first: {', '.join(inside[:5])}): it is a deeper or "
+            f"wider variant of this network. Use the file of this variant, or choose the variant "
+            f"the file is for (MODEL.BACKBONE.NAME, WIDTH, STEM_WIDTH, DEEP_STEM).")
     loadable = {k: sd[k] for k in report.matched}
     for k in backbone.state_dict():  # the counters, where the file has them
         if not k.endswith("num_batches_tracked") or k not in sd:
