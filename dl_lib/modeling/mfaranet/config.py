@@ -23,3 +23,19 @@ def add_mfaranet_config(cfg: CfgNode) -> None:
     # 0: the whole network (four branches + ASFM). k in 1..4: build and run only what branch k
     # needs (2 = the "pruned" MFARANet: ~20% fewer MACs); it loads the whole model's weights.
     cfg.MODEL.MFARANET.BRANCH_ONLY = 0
+    # --- training losses (reference section 2; dl_lib/modeling/mfaranet/losses.py) ---
+    # Branch OHEM: pixels whose label probability is at most this are kept (the original: 0.7).
+    cfg.MODEL.MFARANET.OHEM_THRESHOLD = 0.7
+    # ... raised so that at least this many pixels of a process's batch are kept (fewer valid
+    # pixels: plain cross-entropy).
+    cfg.MODEL.MFARANET.OHEM_MIN_KEPT = 100000
+    # Weight of each branch's class-balanced boundary BCE (0.3).
+    cfg.MODEL.MFARANET.BOUNDARY_LOSS_WEIGHT = 0.3
+    # Weight of each branch's cross-entropy on the pixels its boundary head marks (0.1).
+    cfg.MODEL.MFARANET.BOUNDARY_ATTENTION_LOSS_WEIGHT = 0.1
+    # A pixel enters that cross-entropy when its raw boundary logit (not the sigmoid) exceeds this.
+    cfg.MODEL.MFARANET.BOUNDARY_ATTENTION_THRESHOLD = 0.8
+    # Boundary targets: pixels whose KxK window of labels holds another value (the original: 5).
+    cfg.MODEL.MFARANET.BOUNDARY_KERNEL = 5
+    # Learning-rate factor of everything but the backbone (the original: x10 on the decoder).
+    cfg.MODEL.MFARANET.HEAD_LR_MULTIPLIER = 10.0

@@ -29,10 +29,12 @@ stages_offset: ``coarse_proj``/``fine_proj``/``offset``), ``head.branch_heads.{0
 (multi_loss_head), ``head.attention.{j}`` (one per fused branch, HMSA/ASFM_attentions:
 ``conv``/``score``), ``head.boundary_heads.{0..3}``.
 
-Training losses here are plain cross-entropy on the fused output (``loss_sem_seg``) and on every
-branch (``loss_branch{i}``), all upsampled like the output; the original's per-branch OHEM,
-boundary BCE and boundary-attention terms (reference section 2) are not implemented yet, so the
-boundary heads are built (their weights load) but unused.
+Training losses (``losses.py``, reference section 2): cross-entropy on the fused output
+(``loss_sem_seg``) and per branch OHEM cross-entropy (``loss_branch{i}``), 0.3 x the balanced
+boundary BCE of its boundary head (``loss_boundary{i}``) and 0.1 x the cross-entropy on the pixels
+that head marks (``loss_boundary_attention{i}``), boundary targets from the labels on the device.
+Every parameter gets a gradient, so DDP needs no ``MODEL.DDP.FIND_UNUSED_PARAMETERS``. The
+decoder learns at ``MODEL.MFARANET.HEAD_LR_MULTIPLIER`` (10) x the backbone's rate.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -47,6 +49,7 @@ from ..backbone.resnet import ResNet, norm_factory
 from ..meta_arch.semantic_segmentor import SemanticSegmentor, resize_logits
 from ..registry import META_ARCH_REGISTRY
 from ..shape_spec import ShapeSpec
+from .losses import MFARANetLoss
 
 __all__ = ["VARIANTS", "backbone_config", "identity_grid", "offset_grid", "warp",
            "upsample_logits", "OffsetGrid", "ScoreAttention", "MFARANetOutput",
@@ -302,6 +305,8 @@ class MFARANet(SemanticSegmentor):
         head: :class:`MFARANetDecoder`.
         stage_dropout: five Dropout2d rates: after the stem (before the max-pool) and after
             res2..res5 (the scale-choice class's ``Dropout_Rate_CNN``); zeros = none.
+        criterion: the training losses (:class:`MFARANetLoss`; default: the original's values).
+        head_lr_multiplier: learning-rate factor of every parameter outside the backbone.
         Others as :class:`SemanticSegmentor`.
 
     ``forward_logits(x)`` -> stride-4 logits ``[S_1, S_2, S_3, S_4, fused]`` (a single tensor
@@ -311,9 +316,12 @@ class MFARANet(SemanticSegmentor):
 
     def __init__(self, *, backbone: nn.Module, head: MFARANetDecoder, pixel_mean: Sequence[float],
                  pixel_std: Sequence[float], ignore_value: int = 255, size_divisibility: int = 0,
-                 stage_dropout: Sequence[float] = (0.0,) * 5):
+                 stage_dropout: Sequence[float] = (0.0,) * 5,
+                 criterion: Optional[MFARANetLoss] = None, head_lr_multiplier: float = 10.0):
         super().__init__(backbone=backbone, head=head, pixel_mean=pixel_mean, pixel_std=pixel_std,
                          ignore_value=ignore_value, size_divisibility=size_divisibility)
+        self.criterion = criterion or MFARANetLoss(ignore_index=ignore_value)
+        self.head_lr_multiplier = float(head_lr_multiplier)
         rates = [float(p) for p in stage_dropout]
         if len(rates) != 5 or not all(0.0 <= p < 1.0 for p in rates):
             raise ValueError(f"MODEL.MFARANET.STAGE_DROPOUT {rates} must be five rates in [0, 1) "
@@ -335,7 +343,21 @@ class MFARANet(SemanticSegmentor):
         return dict(backbone=backbone, head=head, pixel_mean=cfg.MODEL.PIXEL_MEAN,
                     pixel_std=cfg.MODEL.PIXEL_STD,
                     ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-                    stage_dropout=cfg.MODEL.MFARANET.STAGE_DROPOUT)
+                    stage_dropout=cfg.MODEL.MFARANET.STAGE_DROPOUT,
+                    criterion=MFARANetLoss(**MFARANetLoss.from_config(cfg)),
+                    head_lr_multiplier=cfg.MODEL.MFARANET.HEAD_LR_MULTIPLIER)
+
+    def param_lr_multiplier(self, name: str) -> float:
+        """The optimizer's factor on parameter ``name``: 1 in the backbone, ``head_lr_multiplier``
+        elsewhere (the original: backbone at the base rate, every other child x10)."""
+        return 1.0 if name.startswith("backbone.") else self.head_lr_multiplier
+
+    def published_cost_convention(self) -> dict:
+        """How the authors count the cost (reference section 5), for ``dl_bench``: HRNet's
+        summary (conv MACs / 2^30, labelled "GFLOPs") on the copy without decoder BNs and
+        without the training-only boundary heads (their ``MFARANet_Speed``)."""
+        return {"label": "authors' GFLOPs", "convention": "hrnet",
+                "opts": {"MODEL.MFARANET.NORM": "", "MODEL.MFARANET.BOUNDARY_HEADS": False}}
 
     def architecture(self) -> dict:
         """Config values the weights depend on beyond the playground's. ``BRANCH_ONLY`` only
@@ -388,21 +410,22 @@ class MFARANet(SemanticSegmentor):
 
         return [finish(t) for t in logits] if isinstance(logits, list) else finish(logits)
 
-    def losses(self, logits, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Plain cross-entropy: ``loss_sem_seg`` on the fused output, ``loss_branch{i}`` on each
-        branch (logits upsampled with ``align_corners=True`` to the label size). The original's
-        OHEM, boundary and boundary-attention terms are still to come (module doc)."""
-        def ce(t):
-            return F.cross_entropy(upsample_logits(t, targets.shape[-2:]), targets,
-                                   ignore_index=self.ignore_value)
+    def forward(self, batched_inputs: List[dict]):
+        """As :class:`SemanticSegmentor`; training also runs the boundary heads for the losses."""
+        if not self.training:
+            return super().forward(batched_inputs)
+        images, _ = self.preprocess_images(batched_inputs)
+        targets = self.preprocess_targets(batched_inputs, images.shape[-2:])
+        return self.losses(self.forward_outputs(images, with_boundaries=True), targets)
 
-        if not isinstance(logits, list):
-            return {f"loss_branch{self.head.branch_only}": ce(logits)}
-        losses = {f"loss_branch{i + 1}": ce(t) for i, t in enumerate(logits[:-1])}
-        # With one fused branch the output is that branch: the original skips the fused CE.
-        if len(self.head.fused_branches) > 1:
-            losses["loss_sem_seg"] = ce(logits[-1])
-        return losses
+    def losses(self, outputs: MFARANetOutput, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The original's joint supervision of ``outputs`` (from ``forward_outputs``) against
+        N×H×W ``targets`` (:class:`MFARANetLoss`): ``loss_sem_seg``, and per branch i
+        ``loss_branch{i}``, ``loss_boundary{i}``, ``loss_boundary_attention{i}`` (the last two
+        with boundary heads). One fused branch: no ``loss_sem_seg`` (the output is that branch;
+        the original skips the fused CE). ``branch_only`` k: ``loss_branch{k}`` alone."""
+        fused = outputs.fused if len(self.head.fused_branches) > 1 else None
+        return self.criterion(outputs.branches, fused, outputs.boundaries, targets)
 
     def postprocess(self, logits, padded_size: Sequence[int], image_sizes: List[Tuple[int, int]],
                     batched_inputs: List[dict]) -> List[dict]:

@@ -196,8 +196,10 @@ def test_training_losses_fused_and_branches():
     images = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8),
                "sem_seg": torch.randint(0, 19, (64, 64))} for _ in range(2)]
     losses = model(images)
-    assert sorted(losses) == ["loss_branch1", "loss_branch2", "loss_branch3", "loss_branch4",
-                              "loss_sem_seg"]
+    # Fused CE + per branch OHEM, boundary BCE, boundary attention (test_mfaranet_losses.py).
+    assert sorted(losses) == sorted(["loss_sem_seg"] + [f"loss_{t}{i}" for i in range(1, 5) for t
+                                                         in ("branch", "boundary",
+                                                             "boundary_attention")])
     sum(losses.values()).backward()
     assert model.head.attention[0].score.weight.grad is not None
     assert model.head.align["0"].offset.weight.grad.abs().sum() > 0
