@@ -120,16 +120,6 @@ def classifiers(model):
             if isinstance(m, nn.Conv2d) and m.out_channels == model.head.last_layer[3].out_channels]
 
 
-def sharpen(model, scale):
-    """Multiply every exit classifier by ``scale``: confident logits somewhere, not everywhere."""
-    with torch.no_grad():
-        for conv in classifiers(model):
-            conv.weight.mul_(scale)
-            if conv.bias is not None:
-                conv.bias.mul_(scale)
-    return model
-
-
 def max_prob(logits):
     """N x h x w max softmax probability."""
     return torch.softmax(logits.float(), dim=1).max(dim=1).values

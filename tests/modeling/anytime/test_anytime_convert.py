@@ -4,7 +4,6 @@ Checkpointer and ``tools/convert_checkpoint.py``, land where the names say, and 
 per-exit logits of the original's computation (``anytime_original_reference.py``) with mixed
 masks; files of another setting stop with the keys that differ."""
 import importlib.util
-import logging
 import os
 import textwrap
 
@@ -111,6 +110,19 @@ def test_logits_equal_the_original_forward_with_mixed_masks(released_model):
         finally:
             lam.div_(0.3)
     assert _rel_err(ours[3], other[3]) > 1e-3
+
+
+def test_channels_last_inference_equals_the_original_too(released, released_model):
+    """The default layout on the CPU (channels-last with masks), where the inference-only
+    paths run: the same logits."""
+    model, x = released_model
+    cl = _load("w18_RHCA", released[1], channels_last=True)
+    cl.threshold = model.threshold
+    with torch.no_grad():
+        ours, _ = cl.forward_exits(x)
+    assert ours[0].is_contiguous(memory_format=torch.channels_last)
+    for k, (o, r) in enumerate(zip(ours, original_forward(model, x)), start=1):
+        assert _rel_err(o, r) < 1e-4, f"exit {k}: {_rel_err(o, r):.2e}"
 
 
 def test_eval_outputs_of_the_loaded_file(released_model):

@@ -87,11 +87,25 @@ def test_the_comparison_sees_a_wrong_bandwidth():
 
 
 @pytest.mark.parametrize("k,stride,pad", CONVS)
-def test_normalized_interpolation(k, stride, pad):
+@pytest.mark.parametrize("confident", [0.3, 0.85])
+def test_inference_in_both_layouts(k, stride, pad, confident):
+    """Without autograd (where channels-last outputs may be filled in place): the same values."""
+    conv = _conv(k, stride, pad, "rbf")
+    logits = _logits(2, 14, 18, confident)
+    x = torch.randn(2, 6, 14, 18)
+    with torch.no_grad():
+        ref = _original_conv(conv, x, logits, THRESHOLD, "conf_thre")
+        for layout in (torch.contiguous_format, torch.channels_last):
+            _close(_ours(conv, x.contiguous(memory_format=layout), logits), ref, str(layout))
+
+
+@pytest.mark.parametrize("k,stride,pad", CONVS)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_normalized_interpolation(k, stride, pad, layout):
     """Confident outputs = (K * (m y)) / (K * m), 0 where no computed pixel is in the window."""
     conv = _conv(k, stride, pad, "normalized", lam=1.0)
     logits = _logits(2, 14, 18, 0.6)
-    x = torch.randn(2, 6, 14, 18)
+    x = torch.randn(2, 6, 14, 18).contiguous(memory_format=layout)
     with torch.no_grad():
         ours = _ours(conv, x, logits)
         y = F.conv2d(x, conv.weight, conv.bias, stride, pad)

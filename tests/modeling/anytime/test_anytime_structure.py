@@ -57,7 +57,8 @@ def test_original_heads(width, meta_models):
         ks = (1, 2, 3, 4) if setting.endswith("EE") else (4,)
         for k in ks:
             head, c = model.head.exit(k), EXIT_CHANNELS[width][k - 1]
-            assert [type(m) for m in head] == [AnytimeConv2d, nn.BatchNorm2d, nn.ReLU, AnytimeConv2d]
+            assert [type(m) for m in head] == [AnytimeConv2d, nn.BatchNorm2d, nn.ReLU,
+                                               AnytimeConv2d]
             assert head[0].weight.shape == (c, c, 1, 1) and head[0].bias.shape == (c,)
             assert head[1].num_features == c and head[1].momentum == 0.01
             assert head[3].weight.shape == (19, c, 1, 1) and head[3].bias.shape == (19,)
@@ -80,7 +81,8 @@ def test_flex_heads(width, meta_models):
             assert conv.weight.shape == (19 if last else d, d if n else c, 1, 1), (k, index)
             assert conv.bias is not None
             if not last:
-                assert isinstance(head[index + 1], nn.BatchNorm2d) and head[index + 1].num_features == d
+                norm = head[index + 1]
+                assert isinstance(norm, nn.BatchNorm2d) and norm.num_features == d
                 assert isinstance(head[index + 2], nn.ReLU)
             pooled = isinstance(head[index - 1], nn.AvgPool2d)
             assert pooled == (n < 4 - k), (k, index)  # exit k pools 4 - k times, first

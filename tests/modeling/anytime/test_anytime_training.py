@@ -84,7 +84,8 @@ def test_losses_are_class_weighted_ce_of_the_aggregated_logits(trained_once):
     for i, z in enumerate(aggregated):
         expected = F.cross_entropy(resize_logits(z, targets.shape[-2:]), targets, weight=weight,
                                    ignore_index=255)
-        assert float(losses[f"loss_sem_seg_{i}"].detach()) == pytest.approx(float(expected), rel=1e-5)
+        loss = float(losses[f"loss_sem_seg_{i}"].detach())
+        assert loss == pytest.approx(float(expected), rel=1e-5)
     # gradient of the last exit's loss alone reaches exit 1's classifier (copied pixels)
     model.zero_grad()
     model(batch)["loss_sem_seg_3"].backward()
