@@ -57,21 +57,30 @@ def test_threshold_one_is_the_dense_model(dense_setting, masked_setting, channel
 
 
 def test_threshold_zero_every_exit_is_exit_one():
+    """Every pixel confident after exit 1: every exit is exit 1, and every masked conv outputs
+    K_hat * 0 = 0, so its BN gives BN(0) = beta - gamma mu / sqrt(var + eps) everywhere (checked
+    after the BN: the same whether or not the conv applies the BN itself at inference)."""
     dense, masked = _pair("w18_RH", "w18_RHCA", channels_last=True)
     masked.threshold = 0.0
-    conv = masked.backbone.stage3[1].branches[1][0].conv2
-    norm_input = {}
-    bn = masked.backbone.stage3[1].branches[1][0].bn2
-    hook = bn.register_forward_pre_hook(lambda m, args: norm_input.__setitem__("x", args[0]))
+    block = masked.backbone.stage3[1].branches[1][0]
+    norm_output = {}
+    # a copy: the block adds its residual to the norm's output in place
+    hook = block.bn2.register_forward_hook(
+        lambda m, args, out: norm_output.__setitem__("y", out.detach().clone()))
     try:
         out, info = _run(masked, images(2, 64, 128), report=True)
     finally:
         hook.remove()
-    assert isinstance(conv, AnytimeConv2d) and conv.interpolation == "rbf"
+    assert isinstance(block.conv2, AnytimeConv2d) and block.conv2.interpolation == "rbf"
     assert [int(m.sum()) for m in info["masks"]] == [0, 0, 0]
     assert all(torch.equal(t, out[0]) for t in out[1:])
-    x = norm_input["x"]  # the masked conv's output, before its BN
-    assert x.shape[1] == conv.out_channels and x.abs().max() == 0
+    bn = block.bn2
+    with torch.no_grad():
+        of_zero = bn.bias - bn.weight * bn.running_mean / torch.sqrt(bn.running_var + bn.eps)
+    y = norm_output["y"]
+    assert y.shape[1] == block.conv2.out_channels
+    assert torch.allclose(y, of_zero[None, :, None, None].expand_as(y), rtol=0, atol=1e-6)
+    assert float(of_zero.abs().min()) > 1e-3  # the check can fail: BN(0) is not 0
     dense_out, _ = _run(dense, images(2, 64, 128))
     assert torch.equal(out[0], dense_out[0]) and not torch.equal(out[3], dense_out[3])
 
