@@ -96,6 +96,7 @@ setup(
             "dl_train=dl_lib.tools.train_net:main_train",
             "dl_test=dl_lib.tools.train_net:main_test",
             "dl_flops=dl_lib.tools.flops:main",
+            "dl_bench=dl_lib.tools.bench:main",
         ]
     },
     ext_modules=ext_modules,
