@@ -83,6 +83,15 @@ def test_threshold_zero_every_exit_is_exit_one():
     assert float(of_zero.abs().min()) > 1e-3  # the check can fail: BN(0) is not 0
     dense_out, _ = _run(dense, images(2, 64, 128))
     assert torch.equal(out[0], dense_out[0]) and not torch.equal(out[3], dense_out[3])
+    # in training mode the BN normalises the conv's own output: that is exactly 0
+    masked.train()
+    hook = block.bn2.register_forward_pre_hook(
+        lambda m, args: norm_output.__setitem__("x", args[0].detach().clone()))
+    try:
+        _run(masked, images(2, 64, 128))
+    finally:
+        hook.remove()
+    assert norm_output["x"].shape == y.shape and not norm_output["x"].any()
 
 
 # ----------------------------------------------------------------------------- copy aggregation
