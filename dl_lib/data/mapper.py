@@ -78,11 +78,17 @@ class SemSegDatasetMapper:
     ``ignore_value`` raises ``LabelValueError`` naming the mask (~1 ms per 1024x2048 mask); image
     and mask files that cannot be decoded raise ``ImageReadError`` naming the file.
 
+    ``cache_decoded=True`` keeps every decoded (and checked) image and mask in memory, keyed by
+    file name, and augments copies of them: each file is decoded once per loader worker instead
+    of once per epoch (PNG decoding is ~70% of the mapper's time on the 256x512 street scenes).
+    For small datasets only: the cache grows to the whole decoded dataset in every worker.
+
     Build with explicit arguments, or from a config: ``SemSegDatasetMapper(cfg, is_train)``.
     """
 
     def __init__(self, cfg=None, is_train: bool = True, *, augmentations: Optional[Sequence[Augmentation]] = None,
-                 ignore_value: int = 255, image_format: str = "RGB", num_classes: Optional[int] = None):
+                 ignore_value: int = 255, image_format: str = "RGB", num_classes: Optional[int] = None,
+                 cache_decoded: bool = False):
         if cfg is not None:
             kw = self.from_config(cfg, is_train)
             if augmentations is None:
@@ -96,6 +102,8 @@ class SemSegDatasetMapper:
         self.ignore_value = ignore_value
         self.image_format = image_format
         self.num_classes = num_classes
+        # file_name -> (image, mask or None) as decoded and checked; None: no cache
+        self._decoded: Optional[dict] = {} if cache_decoded else None
         logger.info("%s mapper augmentations: %s", "Train" if is_train else "Test", self.augmentations)
 
     @classmethod
@@ -107,8 +115,8 @@ class SemSegDatasetMapper:
                     ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE, image_format=cfg.INPUT.FORMAT,
                     num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES if check else None)
 
-    def __call__(self, dataset_dict: dict) -> dict:
-        d = copy.deepcopy(dataset_dict)  # the dataset's dicts are reused every epoch
+    def _decode(self, d: dict):
+        """(H×W×3 uint8 RGB image, H×W mask as stored or None), read and checked."""
         image = read_image(d["file_name"])
         h, w = image.shape[:2]
         sem_seg = None
@@ -117,10 +125,24 @@ class SemSegDatasetMapper:
             if self.num_classes is not None:  # here, with the file's name, not in the loss
                 check_label_array(sem_seg, d["sem_seg_file_name"], self.num_classes,
                                   self.ignore_value, image=d["file_name"])
-            sem_seg = sem_seg.astype(np.int32)
             if sem_seg.shape != (h, w):
                 raise ValueError(f"Mask {d['sem_seg_file_name']!r} is {sem_seg.shape[1]}x{sem_seg.shape[0]} "
                                  f"but image {d['file_name']!r} is {w}x{h}.")
+        return image, sem_seg
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        d = copy.deepcopy(dataset_dict)  # the dataset's dicts are reused every epoch
+        if self._decoded is None:
+            image, sem_seg = self._decode(d)
+        else:
+            key = (d["file_name"], d.get("sem_seg_file_name"))
+            if key not in self._decoded:
+                self._decoded[key] = self._decode(d)
+            image, sem_seg = self._decoded[key]
+            image = image.copy()  # augmentations may write into their input
+        h, w = image.shape[:2]
+        if sem_seg is not None:
+            sem_seg = sem_seg.astype(np.int32)  # a copy: the cached mask stays as decoded
         image, sem_seg, _ = apply_augmentations(self.augmentations, image, sem_seg)
         if self.image_format == "BGR":
             image = image[:, :, ::-1]

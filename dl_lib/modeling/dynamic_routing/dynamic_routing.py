@@ -51,7 +51,7 @@ VARIANTS = {
     "layer33": dict(layer_num=33, cell_num_list=[2, 3, 4] + [4] * 30),
 }
 CELL_OPS = ("sep_conv_3x3", "skip_connect")
-STEM_MID_CHANNELS = 64  # fixed in the original whatever INIT_CHANNEL is
+STEM_MID_CHANNELS = 64  # the original's whatever INIT_CHANNEL is; MODEL.BACKBONE.STEM_CHANNELS
 ROUTE_NAMES = ("keep", "up", "down")
 
 
@@ -77,11 +77,13 @@ def _depthwise(c: int, stride: int = 1) -> nn.Conv2d:
 # ------------------------------------------------------------------------------------ blocks
 class DynamicStem(nn.Module):
     """3x3 s2 conv (no padding, as the original: H -> (H-1)//2) + BN + ReLU, then two separable
-    blocks (depthwise 3x3, pointwise 1x1 + BN + ReLU), the second with stride 2: stride 4."""
+    blocks (depthwise 3x3, pointwise 1x1 + BN + ReLU), the second with stride 2: stride 4.
+    ``mid_channels``: width of stem_1 and stem_2 (the original's 64)."""
 
-    def __init__(self, out_channels: int, norm: str, separable: bool = True):
+    def __init__(self, out_channels: int, norm: str, separable: bool = True,
+                 mid_channels: int = STEM_MID_CHANNELS):
         super().__init__()
-        mid = STEM_MID_CHANNELS
+        mid = self.mid_channels = int(mid_channels)
         self.stem_1 = Conv2d(3, mid, 3, stride=2, bias=False, norm=get_norm(norm, mid),
                              activation=nn.ReLU(inplace=True))
         if separable:
@@ -314,8 +316,11 @@ class DynamicNetwork(Backbone):
                  drop_prob: float = 0.0, gate_on: bool = True, small_gate: bool = False,
                  gate_init_bias: float = 1.5, skip_threshold: float = 1e-4,
                  skip_mode: str = "per_image", cell_type: Sequence[str] = CELL_OPS,
-                 run_zero_fed_cells: bool = False):
+                 run_zero_fed_cells: bool = False, stem_channels: int = STEM_MID_CHANNELS):
         super().__init__()
+        if stem_channels < 1:
+            raise ValueError(f"MODEL.BACKBONE.STEM_CHANNELS={stem_channels} must be >= 1 "
+                             "(the original's 64)")
         max_scale = int(round(math.log2(max_stride // 4)))
         if 4 * 2 ** max_scale != max_stride or max_scale < 1:
             raise ValueError(f"MODEL.BACKBONE.MAX_STRIDE={max_stride} must be 4 * 2^k (8, 16, 32)")
@@ -336,7 +341,7 @@ class DynamicNetwork(Backbone):
         kw = dict(gate_on=gate_on, small_gate=small_gate, gate_init_bias=gate_init_bias,
                   cell_type=cell_type)
         # Registration order as the original (stem, cells, init cell): the state dict's order.
-        self.stem = DynamicStem(init_channel, norm, separable_stem)
+        self.stem = DynamicStem(init_channel, norm, separable_stem, stem_channels)
         self.all_cell_list = nn.ModuleList(
             nn.ModuleList(Cell(init_channel * 2 ** c, up, down, norm, **kw)
                           for c, (up, down) in enumerate(row)) for row in self.layout)
@@ -495,8 +500,8 @@ class DynamicNetwork(Backbone):
         stem, stem1_hw = self.stem(x)
         h0, w0 = stem.shape[-2:]
         self._hw0 = (h0, w0)
-        real += fl.stem_paper(x.shape[-2], x.shape[-1], STEM_MID_CHANNELS, self.init_channel)
-        tracked += fl.stem_corrected(stem1_hw, (h0, w0), STEM_MID_CHANNELS, self.init_channel)
+        real += fl.stem_paper(x.shape[-2], x.shape[-1], self.stem.mid_channels, self.init_channel)
+        tracked += fl.stem_corrected(stem1_hw, (h0, w0), self.stem.mid_channels, self.init_channel)
 
         # Routes reaching each scale of the next layer.
         incoming: Dict[int, List[Route]] = {0: [Route(stem, None, x.new_ones(n), 0.0)]}
@@ -637,8 +642,8 @@ class DynamicNetwork(Backbone):
         stem, stem1_hw = self.stem(x)
         h0, w0 = stem.shape[-2:]
         self._hw0 = (h0, w0)
-        stem_real = fl.stem_paper(x.shape[-2], x.shape[-1], STEM_MID_CHANNELS, self.init_channel)
-        stem_tracked = fl.stem_corrected(stem1_hw, (h0, w0), STEM_MID_CHANNELS, self.init_channel)
+        stem_real = fl.stem_paper(x.shape[-2], x.shape[-1], self.stem.mid_channels, self.init_channel)
+        stem_tracked = fl.stem_corrected(stem1_hw, (h0, w0), self.stem.mid_channels, self.init_channel)
         for i in range(n):
             tot["real"][i] += stem_real
             tot["tracked"][i] += stem_tracked
@@ -909,7 +914,7 @@ class DynamicRoutingSegmentor(SemanticSegmentor):
             max_stride=b.MAX_STRIDE, norm=b.NORM, separable_stem=b.SEPT_STEM, drop_prob=b.DROP_PROB,
             gate_on=g.GATE_ON, small_gate=g.SMALL_GATE, gate_init_bias=g.GATE_INIT_BIAS,
             skip_threshold=g.SKIP_THRESHOLD, skip_mode=g.SKIP_MODE, cell_type=b.CELL_TYPE,
-            run_zero_fed_cells=g.RUN_ZERO_FED_CELLS)
+            run_zero_fed_cells=g.RUN_ZERO_FED_CELLS, stem_channels=b.STEM_CHANNELS)
         if g.FIXED_VALUE >= 0 or g.ROUTES_FILE:
             backbone.force_gates(g.FIXED_VALUE if g.FIXED_VALUE >= 0 else None,
                                  load_routes_file(g.ROUTES_FILE) if g.ROUTES_FILE else None)
