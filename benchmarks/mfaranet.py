@@ -1,0 +1,273 @@
+"""MFARANet on the CPU, side by side in one process: ours against the original's computation,
+the whole network against Branch2, a training step against the original's.
+
+Eval (``--eval``, at each ``--sizes``, batch 1), calls interleaved run by run so a slow spell of
+a shared machine hits every variant alike:
+
+* ``ours``: ``MFARANet.predict_logits`` (R18, 19 classes, random weights with BN statistics
+  far from the identity) under ``torch.inference_mode`` -- what ``dl_bench`` times;
+* ``ours channels-last`` and ``ours fused BN`` (``dl_lib.analysis.fuse_bn``);
+* ``Branch2``: ``MODEL.MFARANET.BRANCH_ONLY 2`` on the same weights (the real pruned model);
+* ``original``: the original's eval computation restated from the reference
+  (``tests/modeling/mfaranet/mfaranet_original_reference.py``, functional on the original's
+  state-dict names) run as the authors' FPS script ran it, **without** ``no_grad`` (the weights
+  require grad, so autograd records the graph);
+* ``original no-grad``: the same under ``torch.inference_mode`` (what the implementation costs
+  without the missing ``no_grad``).
+
+Reported: medians, ours / original, Branch2's speedup over the whole network against its conv
+MAC ratio (``eff`` = speedup / MAC ratio, target >= 0.8).
+
+Training step (``--train-step``, batch 2 x 3 x 256 x 512, 19 classes, random labels of the
+street-scene kind): forward, backward and SGD step (momentum 0.9, wd 5e-4) of
+
+* ``ours``: ``model(batched_inputs)`` in training mode with every loss of the model (fused CE,
+  OHEM, boundary BCE and attention CE when present) and ``build_optimizer``'s groups;
+* ``ours CE``: ``forward_logits`` + cross-entropy on the fused output and the four branches;
+* ``original CE``: the restated original forward with BN in training mode + the same CEs.
+
+    .venv/bin/python benchmarks/mfaranet.py --eval --train-step --threads 2     # all, idle VM
+    .venv/bin/python benchmarks/mfaranet.py --eval --sizes 512x1024 --runs 3 --threads 2
+"""
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+from dl_lib.analysis import flop_count  # noqa: E402
+from dl_lib.analysis.fuse_bn import fuse_batch_norms  # noqa: E402
+from dl_lib.config import config_from_delta  # noqa: E402
+from dl_lib.modeling import build_model  # noqa: E402
+from dl_lib.modeling.mfaranet import backbone_config  # noqa: E402
+from dl_lib.modeling.mfaranet.convert import to_released  # noqa: E402
+
+REFERENCE = os.path.join(ROOT, "tests", "modeling", "mfaranet", "mfaranet_original_reference.py")
+
+
+def original_reference():
+    spec = importlib.util.spec_from_file_location("mfaranet_original_reference", REFERENCE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def mfaranet_cfg(**mfaranet):
+    return config_from_delta(dict(MODEL=dict(DEVICE="cpu", META_ARCHITECTURE="MFARANet",
+                                             BACKBONE=backbone_config("r18_deep_stem"),
+                                             SEM_SEG_HEAD=dict(NUM_CLASSES=19),
+                                             MFARANET=mfaranet)), family="mfaranet")
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+
+
+def load_average() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def interleaved(fns: Dict[str, Callable], runs: int, warmup: int = 1,
+                log=print) -> Dict[str, List[float]]:
+    """Seconds of each call; round r calls every fn once (in a rotated order)."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times = {n: [] for n in names}
+    for r in range(runs):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t0)
+        log(f"  round {r + 1}/{runs} (load {load_average()}): "
+            + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in names))
+    return times
+
+
+def bench_eval(args) -> List[dict]:
+    ref = original_reference()
+    full = build_model(mfaranet_cfg()).eval()
+    randomize_norms(full)
+    branch2 = build_model(mfaranet_cfg(BRANCH_ONLY=2)).eval()
+    branch2.load_state_dict({k: v for k, v in full.state_dict().items()
+                             if k in branch2.state_dict()})
+    fused, report = fuse_batch_norms(full, torch.randn(1, 3, 64, 128))
+    print(f"fuse-bn: {report}".splitlines()[0], flush=True)
+    channels_last = build_model(mfaranet_cfg()).eval()
+    channels_last.load_state_dict(full.state_dict())
+    channels_last = channels_last.to(memory_format=torch.channels_last)
+    # the original's weights as it held them: parameters require grad, buffers do not
+    param_names = {n for n, _ in full.named_parameters()}
+    sd = {k: (v.clone().requires_grad_(True) if k in param_names else v.clone())
+          for k, v in full.state_dict().items()}
+    sd = to_released(sd)
+    rows = []
+    for h, w in args.sizes:
+        x = torch.randn(1, 3, h, w)
+        xcl = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            same = (full.predict_logits(x)[-1] - ref.original_forward(sd, x)["out"]).abs().max()
+        print(f"{h}x{w}: max |ours - original| = {same.item():.3g}", flush=True)
+
+        def inf(fn):
+            def run():
+                with torch.inference_mode():
+                    fn()
+            return run
+
+        fns = {"ours": inf(lambda: full.predict_logits(x)),
+               "ours channels-last": inf(lambda: channels_last.predict_logits(xcl)),
+               "ours fused BN": inf(lambda: fused.predict_logits(x)),
+               "Branch2": inf(lambda: branch2.predict_logits(x)),
+               "original": lambda: ref.original_forward(sd, x)["out"],
+               "original no-grad": inf(lambda: ref.original_forward(sd, x)["out"])}
+        if args.variants:
+            fns = {k: v for k, v in fns.items() if k in args.variants}
+        print(f"{h}x{w}, batch 1, {torch.get_num_threads()} threads:", flush=True)
+        times = interleaved(fns, args.runs, args.warmup)
+        macs = {n: flop_count(m, (h // 4, w // 4), "gmac").raw * 16 / 1e9
+                for n, m in (("full", full), ("Branch2", branch2))}
+        med = {n: statistics.median(t) for n, t in times.items()}
+        row = {"size": [h, w], "threads": torch.get_num_threads(), "runs": args.runs,
+               "median_s": med, "times_s": times, "gmacs": macs, "load": load_average()}
+        if "Branch2" in med and "ours" in med:
+            speedup, ratio = med["ours"] / med["Branch2"], macs["full"] / macs["Branch2"]
+            row.update(branch2_speedup=speedup, mac_ratio=ratio, eff=speedup / ratio)
+        if "original" in med and "ours" in med:
+            row["ours_over_original"] = med["ours"] / med["original"]
+        rows.append(row)
+        print_eval(row)
+    return rows
+
+
+def print_eval(row: dict) -> None:
+    print("| size | variant | median s | vs original |\n|---|---|---|---|")
+    orig = row["median_s"].get("original")
+    for n, t in row["median_s"].items():
+        rel = f"{t / orig:.2f}" if orig else "-"
+        print(f"| {row['size'][0]}x{row['size'][1]} | {n} | {t:.3f} | {rel} |")
+    if "eff" in row:
+        print(f"Branch2: speedup {row['branch2_speedup']:.3f} x, MAC ratio "
+              f"{row['mac_ratio']:.3f} ({row['gmacs']['full']:.2f} / "
+              f"{row['gmacs']['Branch2']:.2f} GMAC), eff {row['eff']:.2f} (target >= 0.8)",
+              flush=True)
+
+
+def bench_train_step(args) -> dict:
+    from dl_lib.solver import build_optimizer
+
+    ref = original_reference()
+    cfg = mfaranet_cfg()
+    cfg.SOLVER.OPTIMIZER.MOMENTUM = 0.9
+    cfg.SOLVER.OPTIMIZER.WEIGHT_DECAY = 5e-4
+    model = build_model(cfg).train()
+    opt = build_optimizer(cfg, model)
+    g = torch.Generator().manual_seed(0)
+    (h, w), n = args.train_size, 2
+    images = torch.randint(0, 256, (n, 3, h, w), generator=g, dtype=torch.uint8)
+    # blocky labels (16x16 cells of 19 classes, some void) so boundary terms select pixels
+    labels = torch.randint(0, 19, (n, h // 16, w // 16), generator=g)
+    labels = labels.repeat_interleave(16, 1).repeat_interleave(16, 2)
+    labels[:, :8] = 255
+    batch = [{"image": images[i], "sem_seg": labels[i], "height": h, "width": w}
+             for i in range(n)]
+    x = (images.float() - model.pixel_mean) / model.pixel_std
+
+    def ce_all(logits):
+        return sum(F.cross_entropy(F.interpolate(t, size=(h, w), mode="bilinear",
+                                                 align_corners=True), labels, ignore_index=255)
+                   for t in logits)
+
+    def ours():
+        opt.zero_grad()
+        sum(model(batch).values()).backward()
+        opt.step()
+
+    def ours_ce():
+        opt.zero_grad()
+        ce_all(model.forward_logits(x)).backward()
+        opt.step()
+
+    # the original's computation: the restated forward, BN in training mode (batch statistics,
+    # running statistics updated), plain SGD over every tensor that requires grad
+    class TrainW(ref._W):
+        def bn(self, prefix, t):
+            p = self.name(prefix)
+            return F.batch_norm(t, self.sd[p + ".running_mean"], self.sd[p + ".running_var"],
+                                self.sd[p + ".weight"], self.sd[p + ".bias"], True, 0.1, ref.EPS)
+
+    ref._W = TrainW
+    param_names = {k for k, _ in model.named_parameters()}
+    sd = to_released({k: (v.detach().clone().requires_grad_(True) if k in param_names
+                          else v.detach().clone()) for k, v in model.state_dict().items()})
+    orig_opt = torch.optim.SGD([v for v in sd.values() if v.requires_grad], lr=0.005,
+                               momentum=0.9, weight_decay=5e-4)
+
+    def original_ce():
+        orig_opt.zero_grad()
+        out = ref.original_forward(sd, x)
+        ce_all(out["branches"] + [out["out"]]).backward()
+        orig_opt.step()
+
+    fns = {"ours": ours, "ours CE": ours_ce, "original CE": original_ce}
+    print(f"training step {n}x3x{h}x{w}, {torch.get_num_threads()} threads, losses of ours: "
+          f"{sorted(model(batch))}", flush=True)
+    times = interleaved(fns, args.train_runs, 1)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print("| variant | median s | vs original CE |\n|---|---|---|")
+    for k, v in med.items():
+        print(f"| {k} | {v:.3f} | {v / med['original CE']:.2f} |")
+    return {"median_s": med, "times_s": times, "threads": torch.get_num_threads(),
+            "load": load_average()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--eval", action="store_true")
+    p.add_argument("--train-step", action="store_true")
+    p.add_argument("--sizes", default="512x1024,1024x2048")
+    p.add_argument("--variants", nargs="*", default=None, help="subset of the eval variants")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--train-runs", type=int, default=5)
+    p.add_argument("--train-size", default="256x512", help="HxW of the batch of 2")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",") if s]
+    args.train_size = tuple(int(v) for v in args.train_size.split("x"))
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    out = {"torch": torch.__version__, "threads": args.threads, "load_start": load_average()}
+    if args.eval:
+        out["eval"] = bench_eval(args)
+    if args.train_step:
+        out["train_step"] = bench_train_step(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
