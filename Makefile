@@ -50,6 +50,7 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/masked_conv.py
 	$(PY) benchmarks/dynamic_routing.py --sizes 512x1024 --quick --train-step
+	$(PY) benchmarks/anytime.py --models w18 --sizes 512x1024 --quick --train-step
 
 clean:
 	rm -rf build dl_lib/_C*.so $(VENV)/.stamp-build

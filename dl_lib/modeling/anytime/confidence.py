@@ -13,16 +13,18 @@ reads the mask for its own output size from it (one mask per size and segment, c
 use). Without an open state an ``AnytimeConv2d`` is a plain ``nn.Conv2d``.
 """
 import threading
-from typing import Dict, List, Optional, Tuple
+import warnings
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dl_lib.layers import MaskedConv2d, dilate_mask_same, masked_conv2d, resize_mask
+from dl_lib.layers import MaskedConv2d, masked_conv2d, resize_mask
+from dl_lib.layers.masked_conv_policy import input_layout, policy_device, use_dense
 
-__all__ = ["SegmentMasks", "ForwardState", "AnytimeConv2d", "current_state", "swap_convs",
-           "INTERPOLATIONS", "confident_fraction"]
+__all__ = ["SegmentMasks", "ForwardState", "AnytimeConv2d", "AnytimeBatchNorm2d", "RingIndex",
+           "current_state", "swap_convs", "pair_norms", "INTERPOLATIONS", "confident_fraction"]
 
 # How the confident outputs of a masked convolution are filled:
 #   "rbf": the original: K_hat * (m y), K_hat = K / (sum K + 1e-5), K = exp(-Lambda^2 d^2) on a 7x7
@@ -85,6 +87,21 @@ class SegmentMasks:
         else:
             raise ValueError(f"MODEL.MASK.CRIT must be 'conf_thre' or 'entropy_thre', got "
                              f"{criterion!r}")
+        self._set_uncertain(uncertain, resize)
+
+    @classmethod
+    def from_uncertain(cls, uncertain: torch.Tensor, resize: str = "nearest") -> "SegmentMasks":
+        """Masks of a segment from a given bool N x 1 x h x w mask at the exits' stride (True =
+        computed), instead of from logits: benchmarks and tests force computed fractions this
+        way (see ``AnytimeSegmentor.forced_masks``)."""
+        if uncertain.dim() != 4 or uncertain.shape[1] != 1 or uncertain.dtype != torch.bool:
+            raise ValueError(f"SegmentMasks.from_uncertain: need a bool N x 1 x h x w mask, got "
+                             f"{uncertain.dtype} {tuple(uncertain.shape)}")
+        self = cls.__new__(cls)
+        self._set_uncertain(uncertain, resize)
+        return self
+
+    def _set_uncertain(self, uncertain: torch.Tensor, resize: str) -> None:
         if resize not in ("nearest", "any"):
             raise ValueError(f"MODEL.MASK.RESIZE must be 'nearest' or 'any', got {resize!r}")
         self.resize = resize
@@ -92,6 +109,9 @@ class SegmentMasks:
         self._masks: Dict[Tuple[int, int], torch.Tensor] = {self.size: uncertain}
         self._full: Dict[Tuple[int, int], bool] = {}
         self._rings: Dict[Tuple[int, int], torch.Tensor] = {}
+        self._ring_index: Dict[Tuple[int, int], "RingIndex"] = {}
+        self._density: Dict[Tuple[int, int], float] = {}
+        self._windows: Dict[Tuple[int, int], torch.Tensor] = {}
         self._float: Dict[Tuple[int, int], torch.Tensor] = {}
         # (size, dense MACs of one image, output channels, interpolated) per convolution that ran
         self.records: List[Tuple[Tuple[int, int], int, int, bool]] = []
@@ -114,8 +134,49 @@ class SegmentMasks:
         size = (int(size[0]), int(size[1]))
         if size not in self._rings:
             m = self.mask(size)
-            self._rings[size] = dilate_mask_same(m, 2 * _RADIUS + 1) & ~m
+            # = dilate_mask_same(m, 7) & ~m as a separable OR of shifted slices (~50x faster
+            # than the transposed convolution or a max pooling on the CPU)
+            n, _, h, w = m.shape
+            r = _RADIUS
+            padded = F.pad(m.reshape(n, h, w), (r, r, r, r))
+            rows = padded[:, :, 0:w].clone()
+            for j in range(1, 2 * r + 1):
+                rows |= padded[:, :, j:j + w]
+            grown = rows[:, 0:h].clone()
+            for i in range(1, 2 * r + 1):
+                grown |= rows[:, i:i + h]
+            self._rings[size] = grown.view(m.shape) & ~m
         return self._rings[size]
+
+    def window(self, size) -> torch.Tensor:
+        """(N*h*w) x 49 bool: whether the pixel at tap t of each pixel's 7 x 7 window (taps
+        row-major, zero padding) is computed. Cached per size."""
+        size = (int(size[0]), int(size[1]))
+        if size not in self._windows:
+            m = self.mask(size)
+            n, _, h, w = m.shape
+            k, r = 2 * _RADIUS + 1, _RADIUS
+            padded = F.pad(m.reshape(n, h, w), (r, r, r, r))
+            self._windows[size] = torch.stack([padded[:, i:i + h, j:j + w] for i in range(k)
+                                               for j in range(k)], dim=-1).reshape(-1, k * k)
+        return self._windows[size]
+
+    def density(self, size) -> float:
+        """The computed fraction of the whole batch at ``size`` (one host sync per size)."""
+        size = (int(size[0]), int(size[1]))
+        if size not in self._density:
+            m = self.mask(size)
+            self._density[size] = int(torch.count_nonzero(m)) / max(m.numel(), 1)
+        return self._density[size]
+
+    def ring_index(self, size) -> "RingIndex":
+        """The interpolation at ``size`` as a sparse matrix pattern (see :class:`RingIndex`),
+        built once per size and segment and shared by its convolutions."""
+        size = (int(size[0]), int(size[1]))
+        if size not in self._ring_index:
+            self._ring_index[size] = RingIndex.build(self.mask(size), self.ring(size),
+                                                     self.window(size))
+        return self._ring_index[size]
 
     def mask_float(self, size, dtype: torch.dtype) -> torch.Tensor:
         size = (int(size[0]), int(size[1]))
@@ -126,6 +187,63 @@ class SegmentMasks:
     def computed_fraction(self, size) -> torch.Tensor:
         """N values: the fraction of pixels each image computes at ``size``."""
         return confident_fraction(self.mask(size))
+
+
+class RingIndex(NamedTuple):
+    """The interpolation restricted to what it reads and writes: row r of a sparse matrix A is
+    ring pixel ``rows[r]`` (a flat index into the N*h*w pixels), its entries are the *computed*
+    pixels of its 7 x 7 window (``col``, flat indices; CSR row pointers ``crow``) with the tap
+    each is at (``tap``, 0..48, row-major in the window). With ``y`` as an (N*h*w) x C matrix
+    (channels-last), ``A @ y`` with ``A[r, col] = K_hat[tap]`` is ``K_hat * (m y)`` at the ring:
+    the confident pixels of a window (whose input is 0) and zero padding are left out, so the
+    work is one multiply-add per computed neighbour and channel."""
+
+    rows: torch.Tensor
+    crow: torch.Tensor
+    col: torch.Tensor
+    tap: torch.Tensor
+
+    @classmethod
+    def build(cls, mask: torch.Tensor, ring: torch.Tensor, window: torch.Tensor) -> "RingIndex":
+        """From the computed pixels ``mask``, the ``ring`` (both bool N x 1 x h x w) and the
+        ``window`` stack (:meth:`SegmentMasks.window`)."""
+        w = mask.shape[-1]
+        r = _RADIUS
+        rows = ring.reshape(-1).nonzero().squeeze(1)
+        read = window.index_select(0, rows)  # R x 49: the computed neighbours
+        d = torch.arange(-r, r + 1, device=mask.device)
+        offsets = (d.view(-1, 1) * w + d.view(1, -1)).reshape(-1)  # flat offset of each tap
+        # row-major: CSR order (a neighbour read is inside the image and in its image row)
+        row, tap = read.nonzero(as_tuple=True)
+        col = rows.index_select(0, row) + offsets.index_select(0, tap)
+        crow = torch.zeros(rows.numel() + 1, dtype=torch.int64, device=mask.device)
+        torch.cumsum(read.sum(1), 0, out=crow[1:])
+        return cls(rows, crow, col, tap)
+
+    def matrix(self, kernel: torch.Tensor, num_pixels: int) -> torch.Tensor:
+        """The sparse CSR R x ``num_pixels`` matrix of a 7 x 7 ``kernel``."""
+        with warnings.catch_warnings():  # "sparse CSR support is in beta", once per process
+            warnings.simplefilter("ignore", UserWarning)
+            values = kernel.reshape(-1).index_select(0, self.tap)
+            return torch.sparse_csr_tensor(self.crow, self.col, values,
+                                           size=(self.rows.numel(), num_pixels),
+                                           check_invariants=False)
+
+    def row_sums(self, kernel: torch.Tensor) -> torch.Tensor:
+        """R values: ``K * m`` at each ring pixel (the normalised interpolation's divisor)."""
+        counts = self.crow[1:] - self.crow[:-1]
+        row = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+        values = kernel.reshape(-1).index_select(0, self.tap)
+        return values.new_zeros(counts.numel()).index_add_(0, row, values)
+
+
+def _scatter_fill_applies(y: torch.Tensor, interpolation_param: torch.Tensor) -> bool:
+    """Whether the in-place sparse-matrix fill can run: inference (no autograd through it), a
+    channels-last float CPU tensor (viewable as pixels x channels)."""
+    if torch.is_grad_enabled() and (y.requires_grad or interpolation_param.requires_grad):
+        return False
+    return (y.device.type == "cpu" and y.dtype in (torch.float32, torch.float64)
+            and y.permute(0, 2, 3, 1).is_contiguous())
 
 
 class ForwardState:
@@ -143,6 +261,9 @@ class ForwardState:
         self.dense_macs = 0
         # id(conv) -> the mask its call in this forward ran with (what cost conventions read)
         self.conv_masks: Dict[int, torch.Tensor] = {}
+        # the output of a convolution that applied its AnytimeBatchNorm2d itself (folded), which
+        # that norm then passes through
+        self.folded: Optional[torch.Tensor] = None
 
     def __enter__(self) -> "ForwardState":
         if current_state() is not None:
@@ -165,7 +286,25 @@ class AnytimeConv2d(MaskedConv2d):
     A ``MaskedConv2d`` whose mask comes from the running forward, never from ``set_mask``: the
     CostTracker's hook conventions ("hrnet", "dynamic_routing") read it from ``_mask`` after the
     call, so they count the computed positions only.
+
+    Inference policies (class attributes; set on an instance to compare them, outputs equal up to
+    float rounding either way):
+
+    * ``fold_norm``: when the next module is its :class:`AnytimeBatchNorm2d` (see
+      :func:`pair_norms`) in eval mode, a masked call applies that norm itself: the weights are
+      scaled and shifted (``W' = a W``, ``b' = a b + s``, ``a = gamma / sqrt(var + eps)``,
+      ``s = beta - a mean``), confident pixels get ``s`` (the norm of the original's 0 there) and
+      ring pixels ``K_hat * (m y') + s (1 - K_hat * m)`` (the norm of the interpolation, since
+      ``K_hat`` is the same for every channel); saves the norm's pass over the whole tensor;
+    * ``ring_matrix``: the interpolation as one sparse-matrix product over the computed
+      neighbours of the ring pixels (:class:`RingIndex`), written in place; otherwise a masked
+      depthwise 7 x 7 convolution on the ring plus an addition.
+
+    Both need inference (no autograd through the call) on a channels-last float32/64 CPU tensor.
     """
+
+    fold_norm = True
+    ring_matrix = True
 
     @property
     def _mask(self) -> Optional[torch.Tensor]:
@@ -201,9 +340,19 @@ class AnytimeConv2d(MaskedConv2d):
         return new
 
     def interpolation_kernel(self) -> torch.Tensor:
-        """The original's normalised 7 x 7 kernel K / (sum K + 1e-5), K = exp(-Lambda^2 d^2)."""
-        k = torch.exp(-self.Lambda ** 2 * self.square_dis)
-        return k / (k.sum() + 1e-5)
+        """The original's normalised 7 x 7 kernel K / (sum K + 1e-5), K = exp(-Lambda^2 d^2).
+        Without autograd it is kept until ``Lambda`` changes (five small ops per call saved)."""
+        if torch.is_grad_enabled() and self.Lambda.requires_grad:
+            k = torch.exp(-self.Lambda ** 2 * self.square_dis)
+            return k / (k.sum() + 1e-5)
+        key = (self.Lambda._version, self.Lambda.data_ptr(), self.square_dis._version,
+               self.square_dis.data_ptr())
+        cached = self.__dict__.get("_kernel_cache")
+        if cached is None or cached[0] != key:
+            k = torch.exp(-self.Lambda.detach() ** 2 * self.square_dis)
+            cached = (key, k / (k.sum() + 1e-5))
+            self.__dict__["_kernel_cache"] = cached
+        return cached[1]
 
     def _output_size(self, x: torch.Tensor) -> Tuple[int, int]:
         size = []
@@ -230,11 +379,67 @@ class AnytimeConv2d(MaskedConv2d):
             return nn.Conv2d.forward(self, x)
         mask = masks.mask(size)
         state.conv_masks[id(self)] = mask
+        norm = self.__dict__.get("_norm")
+        if (self.fold_norm and norm is not None and not norm.training
+                and _scatter_fill_applies(x, self.weight)):
+            y = self._forward_folded(x, masks, size, norm)
+            state.folded = y
+            return y
         y = masked_conv2d(x, self.weight, self.bias, mask, self.stride, self.padding,
                           self.dilation, self.groups, dense_fallback=True)
         if self.interpolation == "none":
             return y
+        if self.ring_matrix and _scatter_fill_applies(y, self.Lambda):
+            return self._fill_ring_in_place(y, masks, size)
         return y + self._interpolate(y, masks, size)
+
+    def _forward_folded(self, x: torch.Tensor, masks: SegmentMasks, size,
+                        norm: nn.BatchNorm2d) -> torch.Tensor:
+        """norm(this convolution) of a masked segment at inference (see ``fold_norm``)."""
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -scale * norm.running_mean
+        if norm.bias is not None:
+            shift = shift + norm.bias
+        weight = self.weight * scale.view(-1, 1, 1, 1)
+        bias = shift if self.bias is None else self.bias * scale + shift
+        mask = masks.mask(size)
+        confident = shift.view(1, -1, 1, 1)
+        # the masked convolution's own dense/sparse policy, with the density counted once per size
+        if use_dense(weight, self.groups, masks.density(size), policy_device(x.device), False,
+                     input_layout(x)):
+            y = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+            torch.where(mask, y, confident, out=y)
+        else:
+            y = torch.empty((x.shape[0], self.out_channels) + tuple(size), dtype=x.dtype,
+                            device=x.device, memory_format=torch.channels_last)
+            y.copy_(confident.expand_as(y))
+            masked_conv2d(x, weight, bias, mask, self.stride, self.padding, self.dilation,
+                          self.groups, out=y)
+        if self.interpolation != "none":
+            self._fill_ring_in_place(y, masks, size, shift)
+        return y
+
+    def _fill_ring_in_place(self, y: torch.Tensor, masks: SegmentMasks, size,
+                            shift: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Inference: write the interpolated values into ``y``'s ring pixels, one sparse-matrix
+        product over the computed neighbours (:class:`RingIndex`); the same values as
+        :meth:`_interpolate` up to the order of the sums. ``shift``: ``y`` is a folded norm's
+        output (``s`` at the confident pixels, see ``fold_norm``)."""
+        index = masks.ring_index(size)
+        if index.rows.numel() == 0:
+            return y
+        kernel = self.interpolation_kernel().to(y.dtype)
+        pixels = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])  # a view: y is channels-last
+        filled = index.matrix(kernel, pixels.shape[0]) @ pixels
+        if self.interpolation == "normalized":
+            # norm(num / den) = (a num + s den) / den: the folded values need no correction
+            filled = filled / index.row_sums(kernel).clamp_min(1e-12)[:, None]
+        elif shift is not None:
+            filled = torch.addr(filled, 1 - index.row_sums(kernel), shift)
+        pixels.index_copy_(0, index.rows, filled)
+        return y
 
     def _interpolate(self, y: torch.Tensor, masks: SegmentMasks, size) -> torch.Tensor:
         """The interpolated values at the confident pixels (0 at the computed ones): ``y`` holds
@@ -255,6 +460,47 @@ class AnytimeConv2d(MaskedConv2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", interpolation={self.interpolation}"
+
+
+class AnytimeBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` after an :class:`AnytimeConv2d` that may apply it itself at inference
+    (``AnytimeConv2d.fold_norm``): the output of such a call passes through unchanged. Same
+    parameters, buffers and state_dict as ``nn.BatchNorm2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = current_state()
+        if state is not None and state.folded is x:
+            state.folded = None
+            return x
+        return super().forward(x)
+
+    @classmethod
+    def from_norm(cls, norm: nn.BatchNorm2d) -> "AnytimeBatchNorm2d":
+        """A copy of ``norm`` sharing its parameters and buffers."""
+        new = cls(norm.num_features, norm.eps, norm.momentum, norm.affine,
+                  norm.track_running_stats, device=norm.weight.device if norm.affine else None)
+        for name, p in norm.named_parameters(recurse=False):
+            setattr(new, name, p)
+        for name, b in norm.named_buffers(recurse=False):
+            setattr(new, name, b)
+        return new.train(norm.training)
+
+
+def pair_norms(module: nn.Module) -> nn.Module:
+    """Under ``module`` (in place), every ``nn.BatchNorm2d`` that directly follows an
+    :class:`AnytimeConv2d` of the same width among its parent's children (``conv1``/``bn1`` of a
+    block, ``conv, bn`` of a Sequential: the conv's output is the norm's input) becomes an
+    :class:`AnytimeBatchNorm2d` the conv may fold (``fold_norm``); returns ``module``."""
+    children = list(module.named_children())
+    for (_, conv), (name, norm) in zip(children, children[1:]):
+        if (isinstance(conv, AnytimeConv2d) and type(norm) is nn.BatchNorm2d
+                and norm.num_features == conv.out_channels and norm.track_running_stats):
+            new = AnytimeBatchNorm2d.from_norm(norm)
+            setattr(module, name, new)
+            conv.__dict__["_norm"] = new  # not a submodule: no second state_dict entry
+    for _, child in module.named_children():
+        pair_norms(child)
+    return module
 
 
 def swap_convs(module: nn.Module, interpolation: str = "none") -> nn.Module:
