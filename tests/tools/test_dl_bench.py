@@ -1,6 +1,7 @@
 """dl_bench: the table and the JSON on tiny playgrounds, the authors' GFLOPs column of MFARANet
 (its BN-free copy), the live-tensor peak-memory measure, and options refused with the fix."""
 import json
+import os
 import statistics
 import textwrap
 
@@ -142,3 +143,20 @@ def test_cuda_events_and_peak_memory_on_gpu():
     r = benchmark(_tiny_model("cuda"), [(64, 64)], [2], runs=3, warmup=1)
     assert r[0]["latency_ms"]["median"] > 0 and len(r[0]["latency_ms"]["runs"]) == 3
     assert r[0]["peak_memory_mb"] > 0 and "cuda" in r[0]["peak_memory_measure"]
+
+
+STREET_SCENES = os.path.join(os.path.dirname(__file__), "..", "..", "playground", "MFARANet",
+                             "R18_DeepStem.Tiny.Synthetic")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(STREET_SCENES), reason="street-scene playground not there")
+def test_street_scene_mfaranet_playground_prints_its_table(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["--playground", STREET_SCENES, "--sizes", "64x128", "--batch", "1,2", "--runs",
+                 "1", "--warmup", "0", "--fuse-bn", "--json", str(out)]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert "authors' GFLOPs" in table[0] and len(table) == 4  # header, rule, batch 1 and 2
+    data = json.loads(out.read_text())
+    assert data["fuse_bn"]["left"] == {} and data["fuse_bn"]["folded"] == 39
+    assert data["published_cost"]["values"]["64x128"] < data["gmacs"]["64x128"]  # 2^30 vs 1e9
