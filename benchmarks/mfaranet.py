@@ -15,8 +15,9 @@ a shared machine hits every variant alike:
 * ``original no-grad``: the same under ``torch.inference_mode`` (what the implementation costs
   without the missing ``no_grad``).
 
-Reported: medians, ours / original, Branch2's speedup over the whole network against its conv
-MAC ratio (``eff`` = speedup / MAC ratio, target >= 0.8).
+Reported: medians (with ``--threads 1`` also the CPU time of the calling thread, which a shared
+machine disturbs far less, and the ratios from it), ours / original, Branch2's speedup over the
+whole network against its conv MAC ratio (``eff`` = speedup / MAC ratio, target >= 0.8).
 
 Training step (``--train-step``, batch 2 x 3 x 256 x 512, 19 classes, random labels of the
 street-scene kind): forward, backward and SGD step (momentum 0.9, wd 5e-4) of
@@ -85,23 +86,37 @@ def load_average() -> str:
         return "?"
 
 
+CPU_TIMES: Dict[str, List[float]] = {}  # variant -> CPU seconds of the calling thread per call
+
+
 def interleaved(fns: Dict[str, Callable], runs: int, warmup: int = 1,
                 log=print) -> Dict[str, List[float]]:
-    """Seconds of each call; round r calls every fn once (in a rotated order)."""
+    """Wall seconds of each call; round r calls every fn once (in a rotated order). Also the
+    calling thread's CPU seconds per call into ``CPU_TIMES``: with one thread (``--threads 1``)
+    all the work runs on it, and on a shared machine that time moves far less than the wall
+    clock (preemption does not count; cache and SMT contention still do)."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
             fns[n]()
     times = {n: [] for n in names}
+    CPU_TIMES.clear()
+    CPU_TIMES.update({n: [] for n in names})
     for r in range(runs):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             fns[n]()
             times[n].append(time.perf_counter() - t0)
+            CPU_TIMES[n].append(time.thread_time() - c0)
         log(f"  round {r + 1}/{runs} (load {load_average()}): "
-            + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in names))
+            + ", ".join(f"{n} {times[n][-1]:.2f} s ({CPU_TIMES[n][-1]:.2f} cpu)" for n in names))
     return times
+
+
+def cpu_medians() -> Dict[str, float]:
+    """Median CPU seconds per variant of the last :func:`interleaved` (meaningful for 1 thread)."""
+    return {n: statistics.median(v) for n, v in CPU_TIMES.items()}
 
 
 def bench_eval(args) -> List[dict]:
@@ -149,7 +164,10 @@ def bench_eval(args) -> List[dict]:
                 for n, m in (("full", full), ("Branch2", branch2))}
         med = {n: statistics.median(t) for n, t in times.items()}
         row = {"size": [h, w], "threads": torch.get_num_threads(), "runs": args.runs,
-               "median_s": med, "times_s": times, "gmacs": macs, "load": load_average()}
+               "median_s": med, "times_s": times, "cpu_median_s": cpu_medians(),
+               "cpu_times_s": dict(CPU_TIMES), "gmacs": macs, "load": load_average()}
+        if torch.get_num_threads() == 1:  # the CPU time is the steadier measure here
+            med = row["cpu_median_s"]
         if "Branch2" in med and "ours" in med:
             speedup, ratio = med["ours"] / med["Branch2"], macs["full"] / macs["Branch2"]
             row.update(branch2_speedup=speedup, mac_ratio=ratio, eff=speedup / ratio)
@@ -161,11 +179,14 @@ def bench_eval(args) -> List[dict]:
 
 
 def print_eval(row: dict) -> None:
-    print("| size | variant | median s | vs original |\n|---|---|---|---|")
-    orig = row["median_s"].get("original")
+    """Wall medians; with one thread also CPU medians, and the ratios from those."""
+    one = row["threads"] == 1
+    print("| size | variant | median s | cpu s | vs original |\n|---|---|---|---|---|")
+    ref = row["cpu_median_s" if one else "median_s"]
     for n, t in row["median_s"].items():
-        rel = f"{t / orig:.2f}" if orig else "-"
-        print(f"| {row['size'][0]}x{row['size'][1]} | {n} | {t:.3f} | {rel} |")
+        rel = f"{ref[n] / ref['original']:.2f}" if "original" in ref else "-"
+        cpu = f"{row['cpu_median_s'][n]:.3f}" if one else "-"
+        print(f"| {row['size'][0]}x{row['size'][1]} | {n} | {t:.3f} | {cpu} | {rel} |")
     if "eff" in row:
         print(f"Branch2: speedup {row['branch2_speedup']:.3f} x, MAC ratio "
               f"{row['mac_ratio']:.3f} ({row['gmacs']['full']:.2f} / "
@@ -234,11 +255,15 @@ def bench_train_step(args) -> dict:
           f"{sorted(model(batch))}", flush=True)
     times = interleaved(fns, args.train_runs, 1)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print("| variant | median s | vs original CE |\n|---|---|---|")
+    cpu = cpu_medians()
+    one = torch.get_num_threads() == 1
+    ref = cpu if one else med
+    print("| variant | median s | cpu s | vs original CE |\n|---|---|---|---|")
     for k, v in med.items():
-        print(f"| {k} | {v:.3f} | {v / med['original CE']:.2f} |")
-    return {"median_s": med, "times_s": times, "threads": torch.get_num_threads(),
-            "load": load_average()}
+        print(f"| {k} | {v:.3f} | {f'{cpu[k]:.3f}' if one else '-'} | "
+              f"{ref[k] / ref['original CE']:.2f} |")
+    return {"median_s": med, "times_s": times, "cpu_median_s": cpu, "cpu_times_s": dict(CPU_TIMES),
+            "threads": torch.get_num_threads(), "load": load_average()}
 
 
 def main(argv=None):
