@@ -462,5 +462,6 @@ def mfaranet_r18_deep_stem(num_classes: int = 19, **kwargs) -> MFARANet:
 
 
 def mfaranet_r50_deep_stem(num_classes: int = 19, **kwargs) -> MFARANet:
-    """MFARANet on the deep-stem ResNet-50 (25,672,204 parameters with K=19)."""
+    """MFARANet on the deep-stem ResNet-50 (25,672,720 parameters with K=19; 25,672,204
+    without the training-only boundary heads)."""
     return _mfaranet("r50_deep_stem", num_classes, **kwargs)
