@@ -23,6 +23,9 @@ guarantees). ``--weights`` adds the real masks of a trained W18 street-scene mod
 (``--playground``, default ``playground/Anytime/HRNet_W18.ADP_C.Tiny.Synthetic``) on rendered
 street scenes: that model with its own masks against the same weights without masks.
 
+``--policies`` prints, instead of that table, ADP-C under each inference policy of
+``AnytimeConv2d`` (``fold_norm``, ``ring_matrix``; the outputs are the same) against RH.
+
 ``--train-step`` times one training step of W18 RH at 2 x 3 x 256 x 512 (forward, backward, SGD
 step): the model as built (NCHW: RH does not mask), the model channels-last, and the plain dense
 computation without the anytime bookkeeping (:func:`plain_exits`), interleaved.
@@ -30,6 +33,7 @@ computation without the anytime bookkeeping (:func:`plain_exits`), interleaved.
     .venv/bin/python benchmarks/anytime.py --models w18 --sizes 512x1024 --quick   # make bench
     .venv/bin/python benchmarks/anytime.py --threads 2                # all 4 tables, ~30 min
     .venv/bin/python benchmarks/anytime.py --train-step --models      # training step only
+    .venv/bin/python benchmarks/anytime.py --policies --models w18 --sizes 512x1024
 """
 import argparse
 import contextlib
@@ -289,6 +293,56 @@ def bench_trained(args) -> List[dict]:
     return rows
 
 
+# The inference policies of AnytimeConv2d (fold_norm, ring_matrix); outputs equal either way.
+POLICIES = {"fold + ring matrix": (True, True), "ring matrix": (False, True),
+            "masked depthwise": (False, False)}
+
+
+def bench_policies(args) -> List[dict]:
+    """Per exit, ADP-C under each inference policy against RH (forced masks, interleaved)."""
+    rows = []
+    saved = AnytimeConv2d.fold_norm, AnytimeConv2d.ring_matrix
+    print("| model | size | policy | exit 1 ms | exit 2 ms | exit 3 ms | exit 4 ms | "
+          "speedup at exit 4 |")
+    print("|" + "---|" * 8, flush=True)
+    try:
+        for name in args.models:
+            rh, adpc = pair(name, args.seed)
+            for size in args.sizes:
+                h, w = (int(v) for v in size.split("x"))
+                x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(args.seed))
+                x = x.contiguous(memory_format=torch.channels_last)
+                adpc.forced_masks = coherent_masks(h, w, args.fractions, args.seed)
+
+                def run(policy):
+                    if policy == "RH":
+                        return rh.forward_exits(x, report=True)[1]["ms"]
+                    AnytimeConv2d.fold_norm, AnytimeConv2d.ring_matrix = POLICIES[policy]
+                    return adpc.forward_exits(x, report=True)[1]["ms"]
+
+                sides = ["RH"] + list(POLICIES)
+                times = {k: [] for k in sides}
+                with torch.no_grad():
+                    for _ in range(args.warmup):
+                        for k in sides:
+                            run(k)
+                    for _ in range(args.runs):
+                        for k in sides:
+                            times[k].append(run(k))
+                med = {k: [statistics.median(t[i] for t in v) for i in range(4)]
+                       for k, v in times.items()}
+                for k in sides:
+                    row = dict(model=name, size=size, policy=k, ms=med[k],
+                               speedup=med["RH"][3] / med[k][3])
+                    rows.append(row)
+                    print(f"| {name} | {size} | {k} | " + " | ".join(f"{t:.0f}" for t in med[k])
+                          + f" | {row['speedup']:.2f} |", flush=True)
+                adpc.forced_masks = None
+    finally:
+        AnytimeConv2d.fold_norm, AnytimeConv2d.ring_matrix = saved
+    return rows
+
+
 # ------------------------------------------------------------------ training step
 def bench_train_step(args) -> Dict[str, float]:
     """Seconds per training step of W18 RH at batch 2 x 3 x ``--train-size`` (SGD, lr 0.01,
@@ -323,13 +377,15 @@ def bench_train_step(args) -> Dict[str, float]:
     for k in kinds:
         for _ in range(args.warmup + 1):
             step(k)
+    now = time.thread_time if args.clock == "thread" else time.perf_counter
     for _ in range(args.train_runs):
         for k in kinds:
-            t = time.perf_counter()
+            t = now()
             step(k)
-            times[k].append(time.perf_counter() - t)
+            times[k].append(now() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"train step (W18 RH, 2x3x{args.train_size}, SGD, {torch.get_num_threads()} threads), median of "
+    print(f"train step (W18 RH, 2x3x{args.train_size}, SGD, {torch.get_num_threads()} threads, "
+          f"{args.clock} clock), median of "
           f"{args.train_runs}: " + ", ".join(f"{k} {med[k]:.2f} s" for k in kinds) +
           f"; ours / plain = {med['ours'] / med['plain']:.2f}; the original: 0.80 s (idle "
           "machine, 2 threads)", flush=True)
@@ -347,6 +403,10 @@ def main(argv=None):
                    "1024x2048 uses at most 3")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                   help="per-exit times from the wall clock, or from the calling thread's CPU "
+                   "time (with --threads 1 all the work is on that thread: steadier on a shared "
+                   "machine, where the wall clock also counts the time other jobs held the core)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="2 runs, no original's column")
     p.add_argument("--no-original", action="store_true", help="skip the original's computation")
@@ -354,6 +414,8 @@ def main(argv=None):
                    "its real masks")
     p.add_argument("--playground", default=DEFAULT_PLAYGROUND)
     p.add_argument("--train-step", action="store_true", help="also time the training step")
+    p.add_argument("--policies", action="store_true", help="instead of the main table: ADP-C "
+                   "under each inference policy (fold_norm, ring_matrix) against RH")
     p.add_argument("--train-runs", type=int, default=5)
     p.add_argument("--train-size", default="256x512", help="HxW of the training step's batch")
     p.add_argument("--json", default="", help="write the rows (and the training step) here")
@@ -361,15 +423,20 @@ def main(argv=None):
     if args.quick:
         args.runs, args.no_original = 2, True
     torch.set_num_threads(args.threads)
+    if args.clock == "thread":  # the exit timers of the model and of the original's computation
+        _ExitTimer._now = lambda self: time.thread_time()
     load = os.getloadavg()
     print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), "
-          f"{args.threads} threads, load average at start {load[0]:.2f} {load[1]:.2f} "
+          f"{args.threads} threads, {args.clock} clock, load average at start {load[0]:.2f} {load[1]:.2f} "
           f"{load[2]:.2f}; `uptime`: "
           f"{subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}",
           flush=True)
     out = {"args": vars(args), "rows": []}
     if args.train_step:
         out["train_step"] = bench_train_step(args)
+    if args.policies:
+        out["policies"] = bench_policies(args)
+        args.models = []
     if args.models or args.weights:
         print(HEADER)
         print("|" + "---|" * 12, flush=True)

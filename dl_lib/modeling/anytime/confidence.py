@@ -157,8 +157,7 @@ class SegmentMasks:
             n, _, h, w = m.shape
             k, r = 2 * _RADIUS + 1, _RADIUS
             padded = F.pad(m.reshape(n, h, w), (r, r, r, r))
-            self._windows[size] = torch.stack([padded[:, i:i + h, j:j + w] for i in range(k)
-                                               for j in range(k)], dim=-1).reshape(-1, k * k)
+            self._windows[size] = padded.unfold(1, k, 1).unfold(2, k, 1).reshape(-1, k * k)
         return self._windows[size]
 
     def density(self, size) -> float:
@@ -202,6 +201,7 @@ class RingIndex(NamedTuple):
     crow: torch.Tensor
     col: torch.Tensor
     tap: torch.Tensor
+    row: torch.Tensor  # the row (0..R-1) of every entry
 
     @classmethod
     def build(cls, mask: torch.Tensor, ring: torch.Tensor, window: torch.Tensor) -> "RingIndex":
@@ -218,23 +218,28 @@ class RingIndex(NamedTuple):
         col = rows.index_select(0, row) + offsets.index_select(0, tap)
         crow = torch.zeros(rows.numel() + 1, dtype=torch.int64, device=mask.device)
         torch.cumsum(read.sum(1), 0, out=crow[1:])
-        return cls(rows, crow, col, tap)
+        return cls(rows, crow, col, tap, row)
 
-    def matrix(self, kernel: torch.Tensor, num_pixels: int) -> torch.Tensor:
-        """The sparse CSR R x ``num_pixels`` matrix of a 7 x 7 ``kernel``."""
+    def values(self, kernel: torch.Tensor) -> torch.Tensor:
+        """The entries of the matrix of a 7 x 7 ``kernel`` (one per computed neighbour)."""
+        return kernel.reshape(-1).index_select(0, self.tap)
+
+    def matrix(self, kernel: torch.Tensor, num_pixels: int,
+               values: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The sparse CSR R x ``num_pixels`` matrix of a 7 x 7 ``kernel`` (or of its
+        :meth:`values`)."""
+        values = self.values(kernel) if values is None else values
         with warnings.catch_warnings():  # "sparse CSR support is in beta", once per process
             warnings.simplefilter("ignore", UserWarning)
-            values = kernel.reshape(-1).index_select(0, self.tap)
             return torch.sparse_csr_tensor(self.crow, self.col, values,
                                            size=(self.rows.numel(), num_pixels),
                                            check_invariants=False)
 
-    def row_sums(self, kernel: torch.Tensor) -> torch.Tensor:
+    def row_sums(self, kernel: torch.Tensor, values: Optional[torch.Tensor] = None
+                 ) -> torch.Tensor:
         """R values: ``K * m`` at each ring pixel (the normalised interpolation's divisor)."""
-        counts = self.crow[1:] - self.crow[:-1]
-        row = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
-        values = kernel.reshape(-1).index_select(0, self.tap)
-        return values.new_zeros(counts.numel()).index_add_(0, row, values)
+        values = self.values(kernel) if values is None else values
+        return values.new_zeros(self.rows.numel()).index_add_(0, self.row, values)
 
 
 def _scatter_fill_applies(y: torch.Tensor, interpolation_param: torch.Tensor) -> bool:
@@ -396,14 +401,7 @@ class AnytimeConv2d(MaskedConv2d):
     def _forward_folded(self, x: torch.Tensor, masks: SegmentMasks, size,
                         norm: nn.BatchNorm2d) -> torch.Tensor:
         """norm(this convolution) of a masked segment at inference (see ``fold_norm``)."""
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -scale * norm.running_mean
-        if norm.bias is not None:
-            shift = shift + norm.bias
-        weight = self.weight * scale.view(-1, 1, 1, 1)
-        bias = shift if self.bias is None else self.bias * scale + shift
+        weight, bias, shift = self._folded_parameters(norm)
         mask = masks.mask(size)
         confident = shift.view(1, -1, 1, 1)
         # the masked convolution's own dense/sparse policy, with the density counted once per size
@@ -421,6 +419,26 @@ class AnytimeConv2d(MaskedConv2d):
             self._fill_ring_in_place(y, masks, size, shift)
         return y
 
+    def _folded_parameters(self, norm: nn.BatchNorm2d):
+        """(W', b', s) of ``fold_norm``, kept until a parameter or statistic changes."""
+        tensors = [t for t in (self.weight, self.bias, norm.weight, norm.bias, norm.running_mean,
+                               norm.running_var) if t is not None]
+        key = tuple((t._version, t.data_ptr()) for t in tensors) + (norm.eps,)
+        cached = self.__dict__.get("_folded_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                scale = torch.rsqrt(norm.running_var + norm.eps)
+                if norm.weight is not None:
+                    scale = scale * norm.weight
+                shift = -scale * norm.running_mean
+                if norm.bias is not None:
+                    shift = shift + norm.bias
+                weight = self.weight * scale.view(-1, 1, 1, 1)
+                bias = shift if self.bias is None else self.bias * scale + shift
+            cached = (key, (weight, bias, shift))
+            self.__dict__["_folded_cache"] = cached
+        return cached[1]
+
     def _fill_ring_in_place(self, y: torch.Tensor, masks: SegmentMasks, size,
                             shift: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Inference: write the interpolated values into ``y``'s ring pixels, one sparse-matrix
@@ -431,13 +449,14 @@ class AnytimeConv2d(MaskedConv2d):
         if index.rows.numel() == 0:
             return y
         kernel = self.interpolation_kernel().to(y.dtype)
+        values = index.values(kernel)
         pixels = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])  # a view: y is channels-last
-        filled = index.matrix(kernel, pixels.shape[0]) @ pixels
+        filled = index.matrix(kernel, pixels.shape[0], values) @ pixels
         if self.interpolation == "normalized":
             # norm(num / den) = (a num + s den) / den: the folded values need no correction
-            filled = filled / index.row_sums(kernel).clamp_min(1e-12)[:, None]
+            filled = filled / index.row_sums(kernel, values).clamp_min(1e-12)[:, None]
         elif shift is not None:
-            filled = torch.addr(filled, 1 - index.row_sums(kernel), shift)
+            filled = torch.addr(filled, 1 - index.row_sums(kernel, values), shift)
         pixels.index_copy_(0, index.rows, filled)
         return y
 
