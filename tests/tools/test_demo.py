@@ -29,6 +29,21 @@ def test_default_playground_is_the_routing_demo_and_the_fpn_quickstart_stays():
     assert playground.load_config(fpn).MODEL.META_ARCHITECTURE == "SemanticSegmentor"
 
 
+def test_routing_demo_trainer_decodes_each_scene_once(monkeypatch):
+    """The demo's train loader keeps the decoded scenes in its worker (on 2 cores, PNG decoding
+    every epoch takes CPU from the training step), so its Trainer passes a caching mapper."""
+    from dl_lib.engine import DefaultTrainer
+
+    demo = _demo()
+    cfg = playground.load_config(demo.DEFAULT_PLAYGROUND)
+    net = playground.load_net(demo.DEFAULT_PLAYGROUND)
+    assert issubclass(net.Trainer, DefaultTrainer)
+    seen = {}
+    monkeypatch.setattr(net, "build_train_loader", lambda cfg, mapper=None: seen.setdefault("m", mapper))
+    net.Trainer.build_train_loader(cfg)
+    assert seen["m"].is_train and seen["m"]._decoded == {}  # caching, nothing decoded yet
+
+
 def test_prints_gflops_speed_and_routes(tmp_path, capsys):
     demo = _demo()
     sem_seg = {"mIoU": 55.0, "mean_real_gflops": 0.12, "min_real_gflops": 0.1, "max_real_gflops": 0.125,

@@ -8,7 +8,12 @@ for scoring), batch 8, AdamW, 450 iterations (18 epochs of the 200 training scen
 training and pulls the expected FLOPs towards half of all routes open; by the end about 17 of the
 49 routes are closed per image. One run (2026-12-02, 2-core AMD EPYC without AVX-512, idle, 2
 threads): mIoU 52.5 on synthetic_cityscapes_val, 0.203 GFLOPs per image (original's count; 0.223
-corrected) at 128x256, 0.84 s per iteration, 392 s of training and evaluation.
+corrected) at 128x256, 0.84 s per iteration, 392 s of training and evaluation. ``net.py``'s
+Trainer decodes each scene once (the loader worker keeps them) instead of once per epoch.
+
+Tried for speed and rejected (2026-12-02, 1 thread on the loaded 2-core machine, same 450
+iterations): MODEL.BACKBONE.STEM_CHANNELS 32 (the stem as narrow as the cells; ~18% less CPU per
+step) with 128x192 / 128x224 training crops (~28% / ~21% less) reached only mIoU 42.3 / 43.7.
 """
 from dl_lib.config import config_from_delta
 
