@@ -66,7 +66,8 @@ def test_ohem_keeps_the_hard_pixels():
     assert got.item() == pytest.approx(sum(nll[:4]) / 4)
     # Only ignored labels, or nothing below the threshold: 0, not NaN, still in the graph.
     logits.requires_grad_(True)
-    for lab, kw in ((torch.full_like(labels, IGNORE), {}), (labels, dict(threshold=0.1, min_kept=0))):
+    cases = ((torch.full_like(labels, IGNORE), {}), (labels, dict(threshold=0.1, min_kept=0)))
+    for lab, kw in cases:
         loss = ohem_cross_entropy(logits, lab, IGNORE, **kw)
         assert loss.item() == 0.0
         loss.backward()

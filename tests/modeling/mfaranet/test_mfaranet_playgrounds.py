@@ -129,7 +129,8 @@ def test_config_holds_the_original_recipe(name):
     wrong = {k: (_get(cfg, k), v) for k, v in COMMON.items()
              if (list(_get(cfg, k)) if isinstance(v, list) else _get(cfg, k)) != v}
     assert not wrong, f"{name}: (ours, original's) {wrong}"
-    assert tuple(cfg.DATASETS.TEST) == (() if train == TRAINVAL else ("cityscapes_fine_sem_seg_val",))
+    test_sets = () if train == TRAINVAL else ("cityscapes_fine_sem_seg_val",)
+    assert tuple(cfg.DATASETS.TEST) == test_sets
     assert "mfaranet" in cfg.FAMILIES
 
 
