@@ -396,7 +396,7 @@ def format_table(results: List[dict], params: int, gmacs: Dict[str, float],
         if paper:
             row.append(_fmt(paper["values"][size]) if size in paper["values"] else "-")
         rows.append(row)
-    return tabulate(rows, headers=headers, tablefmt="pipe")
+    return tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True)
 
 
 def _load_weights(cfg, model) -> str:
