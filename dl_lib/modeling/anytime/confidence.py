@@ -112,6 +112,7 @@ class SegmentMasks:
         self._ring_index: Dict[Tuple[int, int], "RingIndex"] = {}
         self._density: Dict[Tuple[int, int], float] = {}
         self._windows: Dict[Tuple[int, int], torch.Tensor] = {}
+        self._confident: Dict[Tuple[int, int], torch.Tensor] = {}
         self._float: Dict[Tuple[int, int], torch.Tensor] = {}
         # (size, dense MACs of one image, output channels, interpolated) per convolution that ran
         self.records: List[Tuple[Tuple[int, int], int, int, bool]] = []
@@ -176,6 +177,13 @@ class SegmentMasks:
             self._ring_index[size] = RingIndex.build(self.mask(size), self.ring(size),
                                                      self.window(size))
         return self._ring_index[size]
+
+    def confident_rows(self, size) -> torch.Tensor:
+        """Flat indices (into the N*h*w pixels) of the confident pixels at ``size``."""
+        size = (int(size[0]), int(size[1]))
+        if size not in self._confident:
+            self._confident[size] = (~self.mask(size)).reshape(-1).nonzero().squeeze(1)
+        return self._confident[size]
 
     def mask_float(self, size, dtype: torch.dtype) -> torch.Tensor:
         size = (int(size[0]), int(size[1]))
@@ -403,18 +411,19 @@ class AnytimeConv2d(MaskedConv2d):
         """norm(this convolution) of a masked segment at inference (see ``fold_norm``)."""
         weight, bias, shift = self._folded_parameters(norm)
         mask = masks.mask(size)
-        confident = shift.view(1, -1, 1, 1)
         # the masked convolution's own dense/sparse policy, with the density counted once per size
         if use_dense(weight, self.groups, masks.density(size), policy_device(x.device), False,
                      input_layout(x)):
             y = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-            torch.where(mask, y, confident, out=y)
+        else:  # zeros at the confident pixels (the kernel's streaming stores)
+            y = masked_conv2d(x, weight, bias, mask, self.stride, self.padding, self.dilation,
+                              self.groups)
+        pixels = y.permute(0, 2, 3, 1)
+        if pixels.is_contiguous():
+            # s at the confident pixels only (a whole-tensor torch.where cost ~2x the BN pass)
+            pixels.reshape(-1, y.shape[1]).index_put_((masks.confident_rows(size),), shift)
         else:
-            y = torch.empty((x.shape[0], self.out_channels) + tuple(size), dtype=x.dtype,
-                            device=x.device, memory_format=torch.channels_last)
-            y.copy_(confident.expand_as(y))
-            masked_conv2d(x, weight, bias, mask, self.stride, self.padding, self.dilation,
-                          self.groups, out=y)
+            torch.where(mask, y, shift.view(1, -1, 1, 1), out=y)
         if self.interpolation != "none":
             self._fill_ring_in_place(y, masks, size, shift)
         return y
