@@ -1,5 +1,6 @@
 """Tiny sem-seg splits in the ``register_sem_seg`` layout, written by the tests that run the real
 ``dl_train``/``dl_test`` on a fixture playground (``import toy_data``: tests/ is on sys.path)."""
+import contextlib
 import os
 
 import numpy as np
@@ -28,3 +29,21 @@ def without_timing(results):
         return results
     return {k: without_timing(v) for k, v in results.items()
             if not (k == "time" or k.startswith("time/") or "/time/" in k)}
+
+
+@contextlib.contextmanager
+def registered_split(name: str, root: str, n: int, seed: int = 0, size=(48, 80),
+                     num_classes: int = 19):
+    """``write_split(root, "train", n, seed, size)`` registered as the sem-seg data set ``name``
+    (classes ``class0`` .. ``class{num_classes - 1}``) for the ``with`` block; removed after."""
+    from dl_lib.data import DatasetCatalog, MetadataCatalog, register_sem_seg
+
+    write_split(root, "train", n, seed=seed, size=size)
+    register_sem_seg(name, os.path.join(root, "train", "images"),
+                     os.path.join(root, "train", "labels"),
+                     classes=[f"class{i}" for i in range(num_classes)], image_ext=".png")
+    try:
+        yield name
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

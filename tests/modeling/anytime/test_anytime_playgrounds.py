@@ -12,10 +12,10 @@ import sys
 
 import pytest
 import torch
-from toy_data import write_split
+from toy_data import registered_split
 
 from dl_lib import playground
-from dl_lib.data import DatasetCatalog, MetadataCatalog, build_train_loader, register_sem_seg
+from dl_lib.data import build_train_loader
 from dl_lib.engine import SimpleTrainer
 from dl_lib.solver import build_optimizer
 
@@ -172,18 +172,13 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def toy_dataset(tmp_path_factory):
     """``TOY``: four 48x80 RGB images, labels 0/1 with an ignored top row, 19 class names."""
-    root = str(tmp_path_factory.mktemp("anytime_toy"))
-    write_split(root, "train", 4, seed=0, size=(48, 80))
-    register_sem_seg(TOY, os.path.join(root, "train", "images"),
-                     os.path.join(root, "train", "labels"),
-                     classes=[f"class{i}" for i in range(19)], image_ext=".png")
-    yield TOY
-    DatasetCatalog.remove(TOY)
-    MetadataCatalog.remove(TOY)
+    with registered_split(TOY, str(tmp_path_factory.mktemp("anytime_toy")), 4) as name:
+        yield name
 
 
 def _all_playgrounds():
-    names = sorted(d for d in os.listdir(ANYTIME) if os.path.isfile(os.path.join(ANYTIME, d, "net.py")))
+    names = sorted(d for d in os.listdir(ANYTIME)
+                   if os.path.isfile(os.path.join(ANYTIME, d, "net.py")))
     return [pytest.param(n, marks=pytest.mark.slow) if "W48" in n else n for n in names]
 
 
