@@ -27,3 +27,15 @@ def toy_playground(tmp_path, monkeypatch):
     monkeypatch.setenv("DL_OUTPUT_ROOT", str(tmp_path / "output"))
     monkeypatch.setenv("TOY_DATA_ROOT", str(tmp_path / "toy_data"))
     return FIXTURE_PLAYGROUND
+
+
+@pytest.fixture
+def one_thread():
+    """torch at 1 intra-op thread for the test: several threads on a loaded 2-core machine wait on
+    each other (tens of times slower). ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,6 +22,7 @@ from dl_lib.solver import build_optimizer
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 ANYTIME = os.path.join(REPO, "playground", "Anytime")
 TINY = "HRNet_W18.ADP_C.Tiny.Synthetic"
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 # name: backbone, ImageNet file, exit type, RH width, masks, trainable parameters (section 6).
 SETTINGS = {
@@ -158,15 +159,6 @@ def test_recipe_returns_a_new_config_each_call_and_names_the_networks():
     assert again.MODEL.MASK.USE is False and again.MODEL.EXIT.TYPE == "original"
     with pytest.raises(ValueError, match="'w32'.*'w18', 'w48'"):
         cityscapes_config("w32")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Several intra-op threads on a loaded 2-core machine wait on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
