@@ -6,7 +6,10 @@ Rules (DynamicRouting / detectron2 v0.1 semantics, kept so their configs train t
 - everything else uses ``WEIGHT_DECAY`` at ``BASE_LR``;
 - a model that defines ``param_lr_multiplier(name) -> float`` (``name`` as in
   ``named_parameters()``) has each learning rate multiplied by it (DynamicRouting's
-  ``GATE_LR_MULTI`` on its gate networks).
+  ``GATE_LR_MULTI`` on its gate networks);
+- a module that defines ``param_group_override(name, base_lr) -> (lr, weight_decay) | None``
+  sets both for its own parameter ``name`` when it returns a pair, bypassing the rules above and
+  the model's multiplier (the pruning logits' own group, ``dl_lib.modeling.pruning``).
 Parameters with ``requires_grad=False`` (frozen stages) are left out, and a parameter shared by
 several modules is counted once. Parameters with identical hyper-parameters share one group, so
 an optimizer has a handful of groups rather than one per tensor.
@@ -52,6 +55,11 @@ def get_default_optimizer_params(model: nn.Module, base_lr: float, weight_decay:
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
+            override = getattr(module, "param_group_override", None)
+            setting = override(name, base_lr) if override is not None else None
+            if setting is not None:
+                groups.setdefault((float(setting[0]), float(setting[1])), []).append(param)
+                continue
             lr, decay = base_lr, weight_decay
             if isinstance(module, NORM_MODULE_TYPES):
                 decay = weight_decay_norm
