@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PLAYGROUND = os.path.join(REPO, "playground", "Quickstart", "Seg.Layer6.Tiny.Synthetic")
@@ -107,12 +108,29 @@ def _print_routes(panels) -> None:
               f"routes in {os.path.basename(path)}")
 
 
+_NO_EXT_WARNING = "dl_lib._C could not be loaded"  # start of dl_lib/_ext.py's warning
+
+
+def _quiet_missing_extension() -> None:
+    """``make demo`` does not build ``dl_lib._C`` (the routing demo runs no compiled op): say so
+    once instead of letting this process and ``dl_train`` each warn about the fallbacks."""
+    if glob.glob(os.path.join(REPO, "dl_lib", "_C*.so")):
+        return
+    print("[demo] dl_lib._C is not built; this demo does not use it (`make build` or `make test` "
+          "builds it)", flush=True)
+    warnings.filterwarnings("ignore", message=_NO_EXT_WARNING.replace(".", r"\."))
+    inherited = os.environ.get("PYTHONWARNINGS")
+    mine = f"ignore:{_NO_EXT_WARNING}:RuntimeWarning"
+    os.environ["PYTHONWARNINGS"] = f"{inherited},{mine}" if inherited else mine
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--playground", default=DEFAULT_PLAYGROUND, help="playground folder to train")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     args = parser.parse_args(argv)
     start = time.time()
+    _quiet_missing_extension()
 
     from dl_lib import playground
     from dl_lib.data import MetadataCatalog, ensure_synthetic_cityscapes
