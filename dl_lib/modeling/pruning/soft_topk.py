@@ -41,7 +41,8 @@ def soft_topk_mask(logits: torch.Tensor, k: int, temperature: Union[float, torch
     channels = logits.numel()
     if k >= channels:
         return torch.ones_like(logits)
-    logits = logits.float()
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # quantile and the standardisation need the range
     z = (logits - logits.mean()) / logits.std().clamp_min(1e-3)
     threshold = torch.quantile(z.detach(), 1.0 - k / channels)
     return torch.sigmoid((z - threshold) / temperature)
