@@ -90,7 +90,8 @@ setup(
         "pillow>=9.0",
         "matplotlib>=3.5",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"],
+                    "prepare": ["scipy>=1.7"]},  # tools/prepare_voc.py reads SBD .mat files
     entry_points={
         "console_scripts": [
             "dl_train=dl_lib.tools.train_net:main_train",
