@@ -67,9 +67,10 @@ def train_aug_ids(sbd_train: Sequence[str], sbd_val: Sequence[str], voc_train: S
 
 
 def build_train_aug(voc_root: str, sbd_root: str, prefer: str = "voc",
-                    expect_counts: Optional[Dict[str, int]] = OFFICIAL_COUNTS) -> dict:
+                    check_sbd_counts: bool = True) -> dict:
     """Write ``SegmentationClassAug/`` and ``ImageSets/Segmentation/train_aug.txt``; returns
-    what it did (``ids``, ``from_voc``, ``from_sbd``, ``images_copied``)."""
+    what it did (``ids``, ``from_voc``, ``from_sbd``, ``images_copied``). ``check_sbd_counts``:
+    SBD's lists must have the release's 8,498 / 2,857 ids."""
     if prefer not in ("voc", "sbd"):
         raise PrepareError(f"--prefer must be 'voc' or 'sbd', got {prefer!r}")
     sets = os.path.join(voc_root, "ImageSets", "Segmentation")
@@ -77,7 +78,7 @@ def build_train_aug(voc_root: str, sbd_root: str, prefer: str = "voc",
     voc_val = read_list(os.path.join(sets, "val.txt"), "Pascal VOC 2012", VOC_DOWNLOAD)
     dataset = require(os.path.join(sbd_root, "dataset"), "SBD", SBD_DOWNLOAD)
     sbd = {s: read_list(os.path.join(dataset, s + ".txt"), "SBD", SBD_DOWNLOAD) for s in SBD_COUNTS}
-    if expect_counts is not None:
+    if check_sbd_counts:
         for s, n in SBD_COUNTS.items():
             if len(sbd[s]) != n:
                 raise PrepareError(f"SBD: {os.path.join(dataset, s + '.txt')!r} lists {len(sbd[s])} "
@@ -123,7 +124,9 @@ def prepare_voc(voc_root: str, sbd_root: Optional[str], prefer: str = "voc",
                 expect_counts: Optional[dict] = OFFICIAL_COUNTS, num_threads: int = 4):
     """Build train_aug (when ``sbd_root`` is given), check the splits; (rows, build counts)."""
     require(voc_root, "Pascal VOC 2012", VOC_DOWNLOAD)
-    built = build_train_aug(voc_root, sbd_root, prefer, expect_counts) if sbd_root else None
+    # SBD's own lists are checked with the official counts only (explicit counts are VOC's)
+    built = (build_train_aug(voc_root, sbd_root, prefer, expect_counts == OFFICIAL_COUNTS)
+             if sbd_root else None)
     sets = os.path.join(voc_root, "ImageSets", "Segmentation")
     rows = []
     for split in ("train", "val", "train_aug"):
