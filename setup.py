@@ -98,6 +98,7 @@ setup(
             "dl_test=dl_lib.tools.train_net:main_test",
             "dl_flops=dl_lib.tools.flops:main",
             "dl_bench=dl_lib.tools.bench:main",
+            "dl_browse=dl_lib.tools.browse:main",
         ]
     },
     ext_modules=ext_modules,
