@@ -46,7 +46,8 @@ def load_cityscapes_semantic(image_dir: str, gt_dir: str, check: bool = True) ->
                 raise FileNotFoundError(
                     f"Cityscapes: {gt!r} is missing. The *_gtFine_labelTrainIds.png files are not part "
                     "of the download; create them with cityscapesscripts: "
-                    "`CITYSCAPES_DATASET=/path/to/cityscapes csCreateTrainIdLabelImgs` "
+                    "`CITYSCAPES_DATASET=/path/to/cityscapes csCreateTrainIdLabelImgs`, or "
+                    "`python tools/prepare_cityscapes.py` (also checks the tree) "
                     "(pip install cityscapesscripts). See datasets/README.md, section 'Cityscapes'.")
             dicts.append({"file_name": os.path.join(city_img, f), "sem_seg_file_name": gt,
                           "image_id": stem})

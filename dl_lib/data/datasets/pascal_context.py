@@ -26,9 +26,15 @@ README_SECTION = "Pascal Context"
 
 def load_pascal_context_59(root: str, split: str) -> list:
     """``root`` = ``.../VOCdevkit/VOC2010``; split in ``train``, ``val``."""
-    ids = read_split_list(os.path.join(root, "ImageSets", "SegmentationContext", split + ".txt"),
-                          "Pascal Context", README_SECTION)
-    raw = require_dir(os.path.join(root, "SegmentationClassContext"), "Pascal Context", README_SECTION)
+    try:
+        ids = read_split_list(os.path.join(root, "ImageSets", "SegmentationContext", split + ".txt"),
+                              "Pascal Context", README_SECTION)
+        raw = require_dir(os.path.join(root, "SegmentationClassContext"), "Pascal Context",
+                          README_SECTION)
+    except FileNotFoundError as e:  # neither is in the VOC 2010 download
+        raise FileNotFoundError(
+            f"{e} Draw the labels and lists from trainval_merged.json with `python "
+            "tools/prepare_pascal_context.py --json /path/to/trainval_merged.json`.") from None
     gt_dir = convert_label_dir(raw, os.path.join(root, "SegmentationClassContext_trainIds"),
                                reduce_zero_label_lut(), desc="Pascal Context: 0->255, shift -1")
     dicts = pairs_from_list(

@@ -37,15 +37,25 @@ def voc_palette(n: int = 256) -> list:
 VOC_COLORS = voc_palette(21)
 
 
+# train_aug is not in the VOC download: built from the SBD release by a script.
+BUILD_TRAIN_AUG = ("Build train_aug from SBD's benchmark.tgz with `python tools/prepare_voc.py "
+                   "--sbd /path/to/benchmark_RELEASE`.")
+
+
 def load_voc(root: str, split: str) -> list:
     """``root`` = ``.../VOCdevkit/VOC2012``; split in ``train``, ``val``, ``train_aug``."""
     gt_sub = "SegmentationClassAug" if split == "train_aug" else "SegmentationClass"
-    ids = read_split_list(os.path.join(root, "ImageSets", "Segmentation", split + ".txt"),
-                          "Pascal VOC 2012", README_SECTION)
+    try:
+        ids = read_split_list(os.path.join(root, "ImageSets", "Segmentation", split + ".txt"),
+                              "Pascal VOC 2012", README_SECTION)
+        gt_dir = require_dir(os.path.join(root, gt_sub), "Pascal VOC 2012", README_SECTION)
+    except FileNotFoundError as e:
+        if split != "train_aug":
+            raise
+        raise FileNotFoundError(f"{e} {BUILD_TRAIN_AUG}") from None
     dicts = pairs_from_list(
         ids, require_dir(os.path.join(root, "JPEGImages"), "Pascal VOC 2012", README_SECTION),
-        require_dir(os.path.join(root, gt_sub), "Pascal VOC 2012", README_SECTION),
-        ".jpg", ".png", f"voc_2012_sem_seg_{split}")
+        gt_dir, ".jpg", ".png", f"voc_2012_sem_seg_{split}")
     check_mask_values([d["sem_seg_file_name"] for d in dicts], 21, 255,
                       hint="VOC masks must be palette (P) or L PNGs holding indices 0..20 and 255; "
                            "an RGB-converted mask loses the indices.")
