@@ -31,7 +31,8 @@ IGNORE_COLOR = (0, 0, 0)
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dl_browse", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--playground", default=None, help="playground folder (default: the current one)")
+    p.add_argument("--playground", default=None,
+                   help="playground folder (default: the current one)")
     p.add_argument("--num-samples", type=int, default=8, help="samples to write (default 8)")
     p.add_argument("--output", default=None, help="folder for the PNGs (default OUTPUT_DIR/browse)")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the labels (default 0.5)")
@@ -77,7 +78,8 @@ def sample_panel(image: np.ndarray, label: np.ndarray, class_names: Sequence[str
         present.append(k)
         names = names + [f"ignore ({ignore_label})"]
         legend_colors = np.concatenate([colors, np.asarray([IGNORE_COLOR], np.uint8)])
-    return vis.vstack([vis.title_strip([title or "image", "labels over the image"], w, TITLE_HEIGHT),
+    titles = [title or "image", "labels over the image"]
+    return vis.vstack([vis.title_strip(titles, w, TITLE_HEIGHT),
                        vis.hstack([image, shown]),
                        vis.legend_strip(present, names, legend_colors, 2 * w)])
 

@@ -53,7 +53,8 @@ def test_browse_writes_panels(small_street_scenes, tmp_path, capsys):
     # right half: half image, half the class colour (ignored pixels: half black)
     c = present[0]
     ys, xs = np.nonzero(label == c)
-    want = (image[ys, xs].astype(np.float32) * 0.5 + colors[c].astype(np.float32) * 0.5).astype(np.uint8)
+    want = image[ys, xs].astype(np.float32) * 0.5 + colors[c].astype(np.float32) * 0.5
+    want = want.astype(np.uint8)
     np.testing.assert_array_equal(body[ys, xs + w], want)
     legend = panel[TITLE_HEIGHT + h:].reshape(-1, 3)
     for c in present:  # each class present has its swatch in the legend

@@ -27,8 +27,9 @@ README_SECTION = "Pascal Context"
 def load_pascal_context_59(root: str, split: str) -> list:
     """``root`` = ``.../VOCdevkit/VOC2010``; split in ``train``, ``val``."""
     try:
-        ids = read_split_list(os.path.join(root, "ImageSets", "SegmentationContext", split + ".txt"),
-                              "Pascal Context", README_SECTION)
+        ids = read_split_list(
+            os.path.join(root, "ImageSets", "SegmentationContext", split + ".txt"),
+            "Pascal Context", README_SECTION)
         raw = require_dir(os.path.join(root, "SegmentationClassContext"), "Pascal Context",
                           README_SECTION)
     except FileNotFoundError as e:  # neither is in the VOC 2010 download

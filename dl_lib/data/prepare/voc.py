@@ -13,12 +13,13 @@ otherwise SBD's ``cls/<id>.mat`` (``GTcls.Segmentation``, 0..20, read with scipy
 images missing from ``JPEGImages`` are copied from ``dataset/img``. Then train, val and train_aug
 are checked (1,464 / 1,449 / 10,582 images, values 0..20 and 255, sizes).
 
-    python tools/prepare_voc.py --sbd /path/to/benchmark_RELEASE [--root $DL_DATASETS/VOCdevkit/VOC2012]
+    python tools/prepare_voc.py --sbd /path/to/benchmark_RELEASE \
+        [--root $DL_DATASETS/VOCdevkit/VOC2012]
 """
 import argparse
 import os
 import shutil
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -36,9 +37,9 @@ SBD_COUNTS = {"train": 8498, "val": 2857}
 VOC_DOWNLOAD = ("download VOCtrainval_11-May-2012.tar from "
                 "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ and untar it into $DL_DATASETS "
                 "(datasets/README.md, section 'Pascal VOC 2012')")
-SBD_DOWNLOAD = ("download benchmark.tgz (SBD) from "
-                "http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz, "
-                "untar it and pass its benchmark_RELEASE folder as --sbd")
+SBD_DOWNLOAD = ("download benchmark.tgz (SBD) from http://www.eecs.berkeley.edu/Research/"
+                "Projects/CS/vision/grouping/semantic_contours/benchmark.tgz, untar it and pass "
+                "its benchmark_RELEASE folder as --sbd")
 VALUE_HINT = ("VOC labels are palette or L PNGs of indices 0..20 and 255 (boundaries); an RGB "
               "copy has lost the indices: take the file from the release again.")
 
@@ -54,9 +55,9 @@ def read_sbd_mat(path: str) -> np.ndarray:
                            f"benchmark.tgz again ({SBD_DOWNLOAD}).") from e
     gt = data.get("GTcls")
     if gt is None or not hasattr(gt, "Segmentation"):
-        raise PrepareError(
-            f"SBD: {path!r} has no GTcls.Segmentation (keys: {sorted(k for k in data if not k.startswith('__'))}); "
-            "class masks are in dataset/cls/, not dataset/inst/.")
+        keys = sorted(k for k in data if not k.startswith("__"))
+        raise PrepareError(f"SBD: {path!r} has no GTcls.Segmentation (keys: {keys}); class "
+                           "masks are in dataset/cls/, not dataset/inst/.")
     return np.asarray(gt.Segmentation).astype(np.uint8)
 
 
@@ -81,9 +82,10 @@ def build_train_aug(voc_root: str, sbd_root: str, prefer: str = "voc",
     if check_sbd_counts:
         for s, n in SBD_COUNTS.items():
             if len(sbd[s]) != n:
-                raise PrepareError(f"SBD: {os.path.join(dataset, s + '.txt')!r} lists {len(sbd[s])} "
-                                   f"ids, the release has {n}: {SBD_DOWNLOAD}. (For a partial or "
-                                   "test tree pass --expect-counts off.)")
+                listed = os.path.join(dataset, s + ".txt")
+                raise PrepareError(f"SBD: {listed!r} lists {len(sbd[s])} ids, the release has "
+                                   f"{n}: {SBD_DOWNLOAD}. (For a partial or test tree pass "
+                                   "--expect-counts off.)")
     ids = train_aug_ids(sbd["train"], sbd["val"], voc_train, voc_val)
     out_dir = os.path.join(voc_root, "SegmentationClassAug")
     tmp_dir = out_dir + ".tmp"
@@ -166,8 +168,9 @@ def main(argv=None) -> int:
                                   args.num_threads)
         notes = []
         if built:
-            notes.append(f"train_aug: {built['ids']} ids = (SBD train ∪ SBD val ∪ VOC train) − VOC "
-                         f"val; labels from VOC {built['from_voc']}, from SBD {built['from_sbd']}; "
+            notes.append(f"train_aug: {built['ids']} ids = (SBD train ∪ SBD val ∪ VOC train) "
+                         f"− VOC val; labels from VOC {built['from_voc']}, "
+                         f"from SBD {built['from_sbd']}; "
                          f"{built['images_copied']} images copied from SBD.")
         elif not any(r["split"] == "train_aug" for r in rows):
             notes.append("train_aug not built: pass --sbd benchmark_RELEASE to build it.")

@@ -17,9 +17,11 @@ def _tree(root, write_png, image_w=W):
     """train: aachen (road below, a car on it); val: frankfurt (sky above)."""
     cs = root / "cityscapes"
     for split, city, objects in (
-            ("train", "aachen", [{"label": "road", "polygon": [[0, 8], [31, 8], [31, 15], [0, 15]]},
-                                 {"label": "car", "polygon": [[4, 9], [12, 9], [12, 14], [4, 14]]}]),
-            ("val", "frankfurt", [{"label": "sky", "polygon": [[0, 0], [31, 0], [31, 6], [0, 6]]}])):
+            ("train", "aachen", [
+                {"label": "road", "polygon": [[0, 8], [31, 8], [31, 15], [0, 15]]},
+                {"label": "car", "polygon": [[4, 9], [12, 9], [12, 14], [4, 14]]}]),
+            ("val", "frankfurt", [
+                {"label": "sky", "polygon": [[0, 0], [31, 0], [31, 6], [0, 6]]}])):
         stem = f"{city}_000000_000019"
         write_png(cs / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
                   np.zeros((H, image_w, 3), np.uint8))
@@ -51,7 +53,8 @@ def test_counts_and_sizes(datasets_root, write_png, capsys):
     assert main(["--root", str(cs)]) == 1
     assert "train: found 1 images, the official release has 2975" in capsys.readouterr().err
     cs2 = _tree(datasets_root / "wide", write_png, image_w=W + 4)
-    with pytest.raises(PrepareError, match=r"labelTrainIds\.png' is 32x16 but its image .* is 36x16"):
+    with pytest.raises(PrepareError,
+                       match=r"labelTrainIds\.png' is 32x16 but its image .* is 36x16"):
         prepare_cityscapes(str(cs2), ("train",), None, num_workers=1)
     with pytest.raises(PrepareError, match=r"no gtFine/<split>/<city>/\*_gtFine_polygons.json"):
         prepare_cityscapes(str(datasets_root), ("train",), None)

@@ -102,9 +102,10 @@ def test_labels_from_json_and_loader(datasets_root, write_png):
     assert (voc / "ImageSets/SegmentationContext/train.txt").read_text().split() == [
         "2008_000002", "2008_000007"]
     for name, want in expected.items():
-        np.testing.assert_array_equal(read_mask(str(voc / "SegmentationClassContext" / f"{name}.png")),
-                                      want)
-    assert [(r["split"], r["images"], r["expected"]) for r in rows] == [("train", 2, 2), ("val", 1, 1)]
+        label = voc / "SegmentationClassContext" / f"{name}.png"
+        np.testing.assert_array_equal(read_mask(str(label)), want)
+    assert [(r["split"], r["images"], r["expected"]) for r in rows] == [
+        ("train", 2, 2), ("val", 1, 1)]
     # the loader's 59-class view: background ignored, classes shifted to 0..58
     (d,) = DatasetCatalog.get("pascal_context_59_sem_seg_val")
     want = expected["2008_000003"].astype(np.int64) - 1

@@ -79,7 +79,7 @@ def test_train_aug_built_and_loaded(datasets_root, write_png, prefer):
     got = {d["image_id"]: read_mask(d["sem_seg_file_name"]) for d in dicts}
     np.testing.assert_array_equal(got["s1"], sbd_masks["s1"])
     np.testing.assert_array_equal(got["v1"], voc_masks["v1"])  # only VOC has it
-    np.testing.assert_array_equal(got["v2"], voc_masks["v2"] if prefer == "voc" else sbd_masks["v2"])
+    np.testing.assert_array_equal(got["v2"], (voc_masks if prefer == "voc" else sbd_masks)["v2"])
 
 
 def test_official_counts_mismatch(datasets_root, write_png, capsys):
