@@ -13,6 +13,8 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import List, Optional, Sequence
 
+from tqdm import tqdm
+
 from dl_lib.data.datasets.common import dataset_path
 from dl_lib.data.prepare.common import (PrepareError, add_common_arguments, check_split,
                                         format_report, parse_expect_counts, require, run_main)
@@ -45,12 +47,13 @@ def create_train_id_masks(root: str, force: bool = False, num_workers: int = 2) 
                            f"{DOWNLOAD}.")
     todo = [p for p in polygons
             if force or not os.path.isfile(p[: -len("_polygons.json")] + "_labelTrainIds.png")]
+    progress = dict(total=len(todo), desc="Cityscapes trainIds", unit="mask")
     if num_workers <= 1 or len(todo) < 8:
-        for p in todo:
+        for p in tqdm(todo, **progress):
             _draw_train_ids(p)
     else:
         with ProcessPoolExecutor(num_workers) as pool:
-            list(pool.map(_draw_train_ids, todo, chunksize=16))
+            list(tqdm(pool.map(_draw_train_ids, todo, chunksize=16), **progress))
     return len(todo)
 
 

@@ -13,6 +13,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from dl_lib.data.datasets.common import read_mask
 
@@ -105,7 +106,8 @@ def check_split(dataset: str, split: str, pairs: Sequence[Tuple[str, str]],
     seen = set()
     pool = ThreadPoolExecutor(max_workers=max(1, num_threads))
     try:
-        facts = pool.map(_label_facts, pairs)
+        facts = tqdm(pool.map(_label_facts, pairs), total=len(pairs), unit="label",
+                     desc=f"checking {dataset} {split}", leave=False)
         for (image, label), (values, label_wh, image_wh) in zip(pairs, facts):
             bad = values[~np.isin(values, valid)]
             if bad.size:

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from dl_lib.data.datasets.common import dataset_path
 from dl_lib.data.prepare.common import (PrepareError, add_common_arguments, check_split,
@@ -162,7 +163,8 @@ def write_context_labels(voc2010_root: str, json_path: str,
     written = {}
     for split in ("train", "val"):
         ids = []
-        for image in sorted(phases.get(split, []), key=lambda im: im["file_name"]):
+        images = sorted(phases.get(split, []), key=lambda im: im["file_name"])
+        for image in tqdm(images, desc=f"Pascal Context {split} labels", unit="label"):
             stem = os.path.splitext(image["file_name"])[0]
             jpeg = os.path.join(jpeg_dir, image["file_name"])
             if not os.path.isfile(jpeg):

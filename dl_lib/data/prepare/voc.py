@@ -23,6 +23,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from dl_lib.data.datasets.common import dataset_path, read_mask
 from dl_lib.data.prepare.common import (PrepareError, add_common_arguments, check_split,
@@ -94,7 +95,7 @@ def build_train_aug(voc_root: str, sbd_root: str, prefer: str = "voc",
     jpegs = require(os.path.join(voc_root, "JPEGImages"), "Pascal VOC 2012", VOC_DOWNLOAD)
     in_sbd = set(sbd["train"]) | set(sbd["val"])
     counts = {"ids": len(ids), "from_voc": 0, "from_sbd": 0, "images_copied": 0}
-    for i in ids:
+    for i in tqdm(ids, desc="train_aug labels", unit="label"):
         voc_png = os.path.join(voc_root, "SegmentationClass", i + ".png")
         use_voc = os.path.isfile(voc_png) and (prefer == "voc" or i not in in_sbd)
         if use_voc:

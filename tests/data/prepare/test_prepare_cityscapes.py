@@ -68,3 +68,19 @@ def test_parse_expect_counts_and_values():
     with pytest.raises(PrepareError, match=r"SPLIT in \['train', 'val'\].*train=10,val=2"):
         parse_expect_counts("test=3", official)
     assert format_values([255, 0, 1, 2, 5, 7, 6]) == "0-2, 5-7, 255"
+
+
+def test_train_ids_in_worker_processes(datasets_root, write_png):
+    from dl_lib.data.prepare.cityscapes import create_train_id_masks
+
+    cs = datasets_root / "cityscapes"
+    gt = cs / "gtFine" / "train" / "bonn"
+    gt.mkdir(parents=True)
+    for k in range(8):  # 8 files: enough for the process pool
+        (gt / f"bonn_{k:06d}_000019_gtFine_polygons.json").write_text(json.dumps(
+            {"imgHeight": H, "imgWidth": W,
+             "objects": [{"label": "sky", "polygon": [[0, 0], [31, 0], [31, k], [0, k]]}]}))
+    assert create_train_id_masks(str(cs), num_workers=2) == 8
+    mask = read_mask(str(gt / "bonn_000007_000019_gtFine_labelTrainIds.png"))
+    assert mask[3, 3] == 10 and mask[12, 3] == 255  # sky above row 7, unlabeled below
+    assert not list(gt.glob("*.tmp.png"))
