@@ -147,8 +147,8 @@ def write_context_labels(voc2010_root: str, json_path: str,
     jpeg_dir = require(os.path.join(voc2010_root, "JPEGImages"), "Pascal Context", DOWNLOAD)
     require(json_path, "Pascal Context", DOWNLOAD, kind="file")
     if backend == "auto":
-        try:
-            import detail  # noqa: F401
+        try:  # the Detail API's package; an unrelated PyPI package is also named "detail"
+            from detail import Detail  # noqa: F401
             backend = "detail"
         except ImportError:
             backend = "json"
