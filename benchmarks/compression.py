@@ -1,0 +1,137 @@
+"""CPU latency of ACoSP-compressed networks against the dense ones, next to their MAC ratios.
+
+    .venv/bin/python benchmarks/compression.py [--models pspnet50 segnet] [--ratios 2 4 8 16]
+        [--size H W] [--runs 5] [--warmup 1] [--threads 1] [--streams tied|independent]
+        [--placement after_bn|original] [--json OUT]
+
+For each model (its playground: ``pspnet50`` = playground/ACoSP/PSPNet50.Cityscapes, ``segnet``
+= playground/ACoSP/SegNet.Cityscapes) and each compression ratio CR (sparsity 1 - 1/CR), the
+playground's model is built with random hard masks (``MODEL.PRUNING.HARD_MASKS``: latency does
+not depend on which channels are kept), residual streams' masks tied (``--streams tied``, the
+default) or left independent, compressed with ``dl_lib.modeling.pruning.compress`` and timed
+against the dense network (eval, no_grad, ``predict_logits`` on a random 1x3xHxW input; median of
+``--runs`` after ``--warmup``). GMACs are the library's counter (``dl_lib.analysis``, on a meta
+copy). Prints a table; ``eff`` = speedup / MAC ratio (target >= 0.8); ``--json`` writes the rows.
+"""
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+from dl_lib import playground  # noqa: E402
+from dl_lib.analysis.flops import flop_count  # noqa: E402
+from dl_lib.modeling.pruning import channel_masks  # noqa: E402
+from dl_lib.modeling.pruning.compress import compress, tie_stream_masks  # noqa: E402
+
+PLAYGROUNDS = {"pspnet50": "playground/ACoSP/PSPNet50.Cityscapes",
+               "segnet": "playground/ACoSP/SegNet.Cityscapes"}
+DEFAULT_SIZES = {"pspnet50": (713, 713), "segnet": (360, 480)}
+
+
+def gmacs(model, size):
+    return flop_count(copy.deepcopy(model).to("meta"), tuple(size)).total
+
+
+@torch.no_grad()
+def latency_ms(model, size, runs, warmup):
+    model.eval()
+    x = torch.randn(1, 3, int(size[0]), int(size[1]))
+    call = model.predict_logits if hasattr(model, "predict_logits") else model
+    times = []
+    for i in range(warmup + runs):
+        t0 = time.perf_counter()
+        call(x)
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def build(name, opts):
+    folder = os.path.join(ROOT, PLAYGROUNDS[name])
+    _, model = playground.build(folder, list(opts) + ["MODEL.DEVICE", "cpu"])
+    return model.eval()
+
+
+def trace_input(size):
+    # A small traced input of the model's size class ((H - 1) % 8 == 0 for PSPNet).
+    return torch.randn(1, 3, 65, 65)
+
+
+def run(models, ratios, sizes, runs, warmup, streams, placement):
+    rows = []
+    for name in models:
+        size = sizes.get(name) or DEFAULT_SIZES[name]
+        torch.manual_seed(0)
+        dense = build(name, ["MODEL.PRUNING.ENABLED", "False"])
+        dense_gmacs = gmacs(dense, size)
+        dense_ms = latency_ms(dense, size, runs, warmup)
+        for cr in ratios:
+            sparsity = 1.0 - 1.0 / cr
+            torch.manual_seed(0)
+            masked = build(name, ["MODEL.PRUNING.ENABLED", "True", "MODEL.PRUNING.SPARSITY",
+                                  str(sparsity), "MODEL.PRUNING.HARD_MASKS", "True",
+                                  "MODEL.PRUNING.PLACEMENT", placement])
+            x = trace_input(size)
+            groups = tie_stream_masks(masked, x) if streams == "tied" else []
+            small = compress(masked, x, inplace=True).eval()
+            small_gmacs = gmacs(small, size)
+            small_ms = latency_ms(small, size, runs, warmup)
+            mac_x, speedup = dense_gmacs / small_gmacs, dense_ms / small_ms
+            rows.append({"model": name, "size": f"{size[0]}x{size[1]}", "cr": cr,
+                         "sparsity": sparsity, "streams": streams, "tied_groups": len(groups),
+                         "placement": placement, "dense_gmacs": dense_gmacs,
+                         "gmacs": small_gmacs, "mac_x": mac_x, "dense_ms": dense_ms,
+                         "ms": small_ms, "speedup": speedup, "eff": speedup / mac_x,
+                         "params": sum(p.numel() for p in small.parameters()),
+                         "dense_params": sum(p.numel() for p in dense.parameters())})
+            del masked, small
+    return rows
+
+
+def table(rows):
+    body = [[r["model"], r["size"], f"ACoSP-{r['cr']}", f"{r['dense_gmacs']:.1f}",
+             f"{r['gmacs']:.1f}", f"{r['mac_x']:.2f}", f"{r['dense_ms']:.0f}", f"{r['ms']:.0f}",
+             f"{r['speedup']:.2f}", f"{r['eff']:.2f}", f"{r['params'] / 1e6:.2f}"] for r in rows]
+    headers = ["model", "size", "CR", "dense GMACs", "GMACs", "MAC x", "dense ms", "ms",
+               "speedup", "eff", "params (M)"]
+    return tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(PLAYGROUNDS), choices=list(PLAYGROUNDS))
+    p.add_argument("--ratios", nargs="+", type=int, default=[2, 4, 8, 16])
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="input size for every model (default: 713x713 PSPNet, 360x480 SegNet)")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--streams", choices=["tied", "independent"], default="tied")
+    p.add_argument("--placement", choices=["after_bn", "original"], default="after_bn")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sizes = {m: tuple(args.size) for m in args.models} if args.size else {}
+    rows = run(args.models, args.ratios, sizes, args.runs, args.warmup, args.streams,
+               args.placement)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), streams "
+          f"{args.streams}, placement {args.placement}, median of {args.runs}")
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "args": vars(args)}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
