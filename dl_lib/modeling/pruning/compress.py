@@ -75,14 +75,16 @@ class _Tracer(fx.Tracer):
 
 
 class _LogitsRoot(nn.Module):
-    """Traces ``model.forward_logits(x)`` (N x 3 x H x W normalised -> logits)."""
+    """Traces ``model.forward_logits(x)`` or ``model.predict_logits(x)`` (N x 3 x H x W
+    normalised -> logits)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, method: str):
         super().__init__()
         self.m = model
+        self.method = method
 
     def forward(self, x):
-        return self.m.forward_logits(x)
+        return getattr(self.m, self.method)(x)
 
 
 class _State:
@@ -124,14 +126,15 @@ class _Analysis:
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor):
         self.model = model
-        use_logits = hasattr(model, "forward_logits")
-        root = _LogitsRoot(model) if use_logits else model
+        method = next((m for m in ("forward_logits", "predict_logits") if hasattr(model, m)), None)
+        use_logits = method is not None
+        root = _LogitsRoot(model, method) if use_logits else model
         self.prefix = "m." if use_logits else ""
         try:
             graph = _Tracer().trace(root)
         except Exception as e:  # noqa: BLE001  (fx raises many kinds)
             raise CompressError(f"compress: torch.fx could not trace {type(model).__name__}"
-                                f"{'.forward_logits' if use_logits else ''} ({type(e).__name__}: "
+                                f"{'.' + method if use_logits else ''} ({type(e).__name__}: "
                                 f"{e}); make the forward traceable (no data-dependent Python "
                                 "control flow)") from e
         self.gm = fx.GraphModule(root, graph)
