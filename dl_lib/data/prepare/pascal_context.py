@@ -19,6 +19,7 @@ mmsegmentation's converter, same layout) are only checked: run without ``--json`
 import argparse
 import json
 import os
+import shutil
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -158,6 +159,8 @@ def write_context_labels(voc2010_root: str, json_path: str,
                        else _masks_from_json(json_path))
     out_dir = os.path.join(voc2010_root, "SegmentationClassContext")
     os.makedirs(out_dir, exist_ok=True)
+    # the loader's converted copy of older labels: its marker only knows their count
+    shutil.rmtree(out_dir + "_trainIds", ignore_errors=True)
     sets = os.path.join(voc2010_root, "ImageSets", "SegmentationContext")
     os.makedirs(sets, exist_ok=True)
     written = {}

@@ -111,6 +111,15 @@ def test_labels_from_json_and_loader(datasets_root, write_png):
     want = expected["2008_000003"].astype(np.int64) - 1
     want[want < 0] = 255
     np.testing.assert_array_equal(read_mask(d["sem_seg_file_name"]), want)
+    # labels drawn again (another json, same number of images): the loader converts them anew
+    _, json2, _ = _tree(datasets_root / "other", write_png)
+    data = json.loads(json2.read_text())
+    for seg in data["annos_segmentation"]:
+        seg["category_id"] = WOOD
+    json_path.write_text(json.dumps(data))
+    prepare_pascal_context(str(voc), str(json_path), backend="json", expect_counts=None)
+    (d,) = DatasetCatalog.get("pascal_context_59_sem_seg_val")
+    assert set(np.unique(read_mask(d["sem_seg_file_name"]))) <= {255, 58}
 
 
 def test_errors(datasets_root, write_png, capsys):
