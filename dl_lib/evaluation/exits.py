@@ -34,7 +34,8 @@ from tabulate import tabulate
 from dl_lib.utils.file_io import atomic_write
 
 __all__ = ["exit_report", "exit_lines", "format_exit_report", "published_exit_points",
-           "report_exits", "plot_exit_tradeoff", "load_exit_runs", "run_label", "main"]
+           "report_exits", "plot_exit_tradeoff", "load_exit_runs", "run_label", "main",
+           "agg_figure", "save_png"]
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +199,25 @@ def report_exits(results: dict, output_dir: str, model=None, run: str = "") -> O
 # ---------------------------------------------------------------------------------------------
 # The plot
 # ---------------------------------------------------------------------------------------------
+def agg_figure(figsize: Tuple[float, float], dpi: int = 100):
+    """A matplotlib ``Figure`` on an Agg canvas (no pyplot state, safe in any thread or
+    process); the plots of ``dl_lib.evaluation.plots`` and ``dl_lib.tools`` use it too."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig, path: str) -> None:
+    """Write ``fig`` to ``path`` as PNG, creating its folder; atomically, so a crash never
+    leaves a half-written plot over an old one."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
+
+
 def _finite(xs, ys) -> Tuple[list, list]:
     pairs = [(x, y) for x, y in zip(xs, ys)
              if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
@@ -215,16 +235,12 @@ def plot_exit_tradeoff(runs: Sequence[Tuple[str, Mapping]], path: Optional[str] 
     None = the union of the reports' own ``"published"`` points. Writes a PNG to ``path``
     (atomically) when given; returns the matplotlib ``Figure`` (Agg canvas, no pyplot state).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if published is None:
         published = {}
         for _, report in runs:
             for label, points in (report.get("published") or {}).items():
                 published.setdefault(label, points)
-    fig = Figure(figsize=(11, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = agg_figure((11, 4.2))
     ax_flops, ax_ms = fig.subplots(1, 2)
     devices = sorted({(r.get("time") or {}).get("device", "") for _, r in runs} - {""})
     for ax, key, xlabel in ((ax_flops, "gflops", "GFLOPs per image (cumulative up to the exit)"),
@@ -258,10 +274,7 @@ def plot_exit_tradeoff(runs: Sequence[Tuple[str, Mapping]], path: Optional[str] 
     ax_ms.set_title("accuracy against measured latency per exit", fontsize=10)
     fig.tight_layout()
     if path:
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        with atomic_write(path, "wb") as f:  # never a half-written plot over an old one
-            fig.savefig(f, format="png")
+        save_png(fig, path)
     return fig
 
 
