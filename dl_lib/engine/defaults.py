@@ -416,10 +416,12 @@ class DefaultTrainer(SimpleTrainer):
         ``OUTPUT_DIR/results.json``; other ranks get ``{}``. With ``TEST.VIS_NUM_IMAGES > 0``
         also writes image | ground truth | prediction panels. For a model with exits
         (``sem_seg_exits``) also the per-exit report (``dl_lib.evaluation.exits.report_exits``):
-        ``results["exits"]``, ``result.txt`` and ``exits_tradeoff.png``.
+        ``results["exits"]``, ``result.txt`` and ``exits_tradeoff.png``. Always (main process)
+        the per-class IoU bars ``per_class_iou.png`` (``dl_lib.evaluation.plots``).
         """
         from dl_lib.evaluation import inference_on_dataset, write_panels
         from dl_lib.evaluation.exits import report_exits, run_label
+        from dl_lib.evaluation.plots import report_class_iou
 
         names = list(cfg.DATASETS.TEST)
         if evaluators is not None and len(evaluators) != len(names):
@@ -447,6 +449,7 @@ class DefaultTrainer(SimpleTrainer):
                 # multi-exit models: results["exits"], result.txt and exits_tradeoff.png
                 label = run_label(cfg.OUTPUT_DIR) + (f" {name}" if len(names) > 1 else "")
                 report_exits(results[name], vis_root, model=_unwrap(model), run=label)
+                report_class_iou(results[name], name, vis_root, run=run_label(cfg.OUTPUT_DIR))
                 if cfg.TEST.VIS_NUM_IMAGES > 0:
                     write_panels(cfg, _unwrap(model), name, vis_root, cfg.TEST.VIS_NUM_IMAGES)
         if not comm.is_main_process():
