@@ -56,7 +56,27 @@ def latency_ms(model, size, runs, warmup):
     return statistics.median(times)
 
 
-def build(name, opts):
+def _reference_layout(name, opts):
+    """The reference-layout networks of the compression tests (tests/modeling/pruning/
+    acosp_models.py: the eval path, PSPNet without its aux head) with masks attached here as
+    ``prepare_model`` would from ``opts``."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "modeling", "pruning"))
+    from acosp_models import build_pspnet50, build_segnet
+
+    from dl_lib.modeling.pruning import attach_channel_masks, to_hard_masks
+
+    model = {"pspnet50": build_pspnet50, "segnet": build_segnet}[name]()
+    values = dict(zip(opts[::2], opts[1::2]))
+    if values.get("MODEL.PRUNING.ENABLED") == "True":
+        attach_channel_masks(model, float(values["MODEL.PRUNING.SPARSITY"]),
+                             placement=values["MODEL.PRUNING.PLACEMENT"])
+        to_hard_masks(model)
+    return model
+
+
+def build(name, opts, source="playground"):
+    if source == "reference-layout":
+        return _reference_layout(name, opts).eval()
     folder = os.path.join(ROOT, PLAYGROUNDS[name])
     _, model = playground.build(folder, list(opts) + ["MODEL.DEVICE", "cpu"])
     return model.eval()
@@ -67,12 +87,12 @@ def trace_input(size):
     return torch.randn(1, 3, 65, 65)
 
 
-def run(models, ratios, sizes, runs, warmup, streams, placement):
+def run(models, ratios, sizes, runs, warmup, streams, placement, source="playground"):
     rows = []
     for name in models:
         size = sizes.get(name) or DEFAULT_SIZES[name]
         torch.manual_seed(0)
-        dense = build(name, ["MODEL.PRUNING.ENABLED", "False"])
+        dense = build(name, ["MODEL.PRUNING.ENABLED", "False"], source)
         dense_gmacs = gmacs(dense, size)
         dense_ms = latency_ms(dense, size, runs, warmup)
         for cr in ratios:
@@ -80,7 +100,7 @@ def run(models, ratios, sizes, runs, warmup, streams, placement):
             torch.manual_seed(0)
             masked = build(name, ["MODEL.PRUNING.ENABLED", "True", "MODEL.PRUNING.SPARSITY",
                                   str(sparsity), "MODEL.PRUNING.HARD_MASKS", "True",
-                                  "MODEL.PRUNING.PLACEMENT", placement])
+                                  "MODEL.PRUNING.PLACEMENT", placement], source)
             x = trace_input(size)
             groups = tie_stream_masks(masked, x) if streams == "tied" else []
             small = compress(masked, x, inplace=True).eval()
@@ -99,8 +119,8 @@ def run(models, ratios, sizes, runs, warmup, streams, placement):
 
 
 def table(rows):
-    body = [[r["model"], r["size"], f"ACoSP-{r['cr']}", f"{r['dense_gmacs']:.1f}",
-             f"{r['gmacs']:.1f}", f"{r['mac_x']:.2f}", f"{r['dense_ms']:.0f}", f"{r['ms']:.0f}",
+    body = [[r["model"], r["size"], f"ACoSP-{r['cr']}", f"{r['dense_gmacs']:.2f}",
+             f"{r['gmacs']:.2f}", f"{r['mac_x']:.2f}", f"{r['dense_ms']:.0f}", f"{r['ms']:.0f}",
              f"{r['speedup']:.2f}", f"{r['eff']:.2f}", f"{r['params'] / 1e6:.2f}"] for r in rows]
     headers = ["model", "size", "CR", "dense GMACs", "GMACs", "MAC x", "dense ms", "ms",
                "speedup", "eff", "params (M)"]
@@ -118,14 +138,17 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--streams", choices=["tied", "independent"], default="tied")
     p.add_argument("--placement", choices=["after_bn", "original"], default="after_bn")
+    p.add_argument("--source", choices=["playground", "reference-layout"], default="playground",
+                   help="the playgrounds' models, or the test suite's reference-layout networks")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = {m: tuple(args.size) for m in args.models} if args.size else {}
     rows = run(args.models, args.ratios, sizes, args.runs, args.warmup, args.streams,
-               args.placement)
+               args.placement, args.source)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), streams "
-          f"{args.streams}, placement {args.placement}, median of {args.runs}")
+          f"{args.streams}, placement {args.placement}, median of {args.runs}, models from "
+          f"{args.source}")
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:
