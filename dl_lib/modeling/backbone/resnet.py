@@ -8,7 +8,10 @@ Parameter names of the plain-stem variant match torchvision's (``conv1``, ``bn1`
 ``layer1``..``layer4``); ``ResNet.convert_pretrained`` maps the deep-stem ImageNet layouts
 (semseg/PSPNet ``resnet50_v2``, SFNet/MFARANet ``resnet18-deep-inplane128``) to ours, for
 ``MODEL.PRETRAINED``. Those files have a 128-channel deep stem: build with
-``MODEL.BACKBONE.STEM_WIDTH 128``.
+``MODEL.BACKBONE.STEM_WIDTH 128``. mmseg's ResNetV1c-D8 (CondNet, DeepLabV3+) is ``DEEP_STEM True``,
+``STEM_WIDTH 64`` (3->32->32->64), ``OUTPUT_STRIDE 8`` (res4 / res5 dilated 2 / 4, first block
+1 / 2: mmseg's ``contract_dilation``); the open-mmlab ``resnet{50,101}_v1c`` files (``stem.{0,1,3,
+4,6,7}``, ``layerX.Y.convZ``) already have our names, and whole mmseg models' ``backbone.*`` load too.
 """
 from typing import Callable, Dict, Optional, Sequence
 
@@ -46,6 +49,8 @@ _DEEP_STEM_LAYOUTS = {
     "pspnet_layer0": {"layer0.": "stem."},
     # Whole MFARANet models: layer0 = Sequential(conv1 Sequential, bn1, relu, maxpool).
     "mfaranet_layer0": {"layer0.0.": "stem.", "layer0.1.": "stem.7."},
+    # Whole mmseg models (CondNet, DeepLabV3+ on ResNetV1c): the backbone under ``backbone.``.
+    "mmseg_model": {"backbone.": ""},
 }
 
 
@@ -225,7 +230,8 @@ class ResNet(Backbone):
         Recognised by their keys: torchvision (``conv1``/``bn1``/``layer1..4``, 7×7 stem: our
         plain-stem names already), semseg ``resnet50_v2`` (top-level ``conv1..3``/``bn1..3``),
         SFNet/MFARANet deep stem (``conv1.0``, ``conv1.3``, ``conv1.6``, ``bn1``), and whole
-        PSPNet / MFARANet models (``layer0.*``; their heads stay unexpected keys).
+        PSPNet / MFARANet models (``layer0.*``; their heads stay unexpected keys), open-mmlab
+        ``resnet*_v1c`` (``stem.*``: our names) and whole mmseg models (``backbone.*``).
         """
         keys = set(state_dict)
         if "conv1.0.weight" in keys:
@@ -236,6 +242,8 @@ class ResNet(Backbone):
             layout = "mfaranet_layer0"
         elif "layer0.0.weight" in keys:
             layout = "pspnet_layer0"
+        elif "backbone.stem.0.weight" in keys or "backbone.conv1.weight" in keys:
+            layout = "mmseg_model"
         else:
             layout = None
         return rename_prefixes(state_dict, _DEEP_STEM_LAYOUTS.get(layout, {}), drop=("fc.",))
