@@ -10,9 +10,11 @@ from .defaults import (
 )
 from .hooks import HookBase
 from .launch import launch
+from .predictor import Prediction, Predictor
 from .train_loop import SimpleTrainer, TrainerBase
 
 __all__ = [
     "launch", "DefaultTrainer", "default_argument_parser", "parse_args", "default_setup",
     "default_writers", "create_ddp_model", "hooks", "HookBase", "SimpleTrainer", "TrainerBase",
+    "Predictor", "Prediction",
 ]
