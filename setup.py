@@ -99,6 +99,7 @@ setup(
             "dl_flops=dl_lib.tools.flops:main",
             "dl_bench=dl_lib.tools.bench:main",
             "dl_browse=dl_lib.tools.browse:main",
+            "dl_demo=dl_lib.tools.demo_images:main",
             "dl_summarize=dl_lib.tools.summarize:main",
             "dl_plot=dl_lib.tools.plot_logs:main",
         ]
