@@ -19,6 +19,7 @@ from fvcore.transforms.transform import (BlendTransform, CropTransform, HFlipTra
 __all__ = [
     "Augmentation", "ResizeTransform", "PadTransform", "ResizeShortestEdge", "RandomCropPad",
     "RandomCropCategoryAreaConstraint", "RandomFlip", "ColorJitter", "apply_augmentations",
+    "RandomScale", "RotateTransform", "RandomRotate", "GaussianBlurTransform", "RandomGaussianBlur",
     "CropTransform", "HFlipTransform", "VFlipTransform", "NoOpTransform", "TransformList",
 ]
 
@@ -285,6 +286,107 @@ class _SaturationBlend(Transform):
 
     def apply_coords(self, coords):
         return coords
+
+
+class RandomScale(Augmentation):
+    """Resize by a factor drawn from U[``min_scale``, ``max_scale``] (both sides, aspect kept):
+    semseg's ``RandScale``, relative to each image's own size (``ResizeShortestEdge`` sets an
+    absolute side)."""
+
+    def __init__(self, min_scale: float, max_scale: float):
+        if not 0 < min_scale <= max_scale:
+            raise ValueError(f"RandomScale: need 0 < min_scale <= max_scale, got "
+                             f"[{min_scale}, {max_scale}]")
+        self.min_scale, self.max_scale = float(min_scale), float(max_scale)
+
+    def get_transform(self, image, sem_seg=None):
+        h, w = image.shape[:2]
+        s = float(np.random.uniform(self.min_scale, self.max_scale))
+        return ResizeTransform(h, w, max(int(round(h * s)), 1), max(int(round(w * s)), 1))
+
+
+class RotateTransform(Transform):
+    """Rotate by ``angle`` degrees (counter-clockwise, OpenCV's sign) about the image centre,
+    size kept: images bilinear with the uncovered corners set to ``pad_value`` (e.g. the pixel
+    mean), label maps nearest with ``seg_pad_value`` (ignore)."""
+
+    def __init__(self, h: int, w: int, angle: float, pad_value=0.0, seg_pad_value: int = 255):
+        super().__init__()
+        self._set_attributes(locals())
+        self.matrix = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), float(angle), 1.0)
+
+    def _warp(self, img, interp, value):
+        if img.ndim == 3 and img.shape[2] > 4:  # cv2.warpAffine takes at most 4 channels
+            return np.stack([self._warp(img[..., c], interp, value) for c in range(img.shape[2])], -1)
+        out = cv2.warpAffine(img, self.matrix, (self.w, self.h), flags=interp,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=value)
+        return out[:, :, None] if img.ndim == 3 and out.ndim == 2 else out
+
+    def apply_image(self, img):
+        value = self.pad_value
+        value = tuple(float(v) for v in value) if np.ndim(value) == 1 else float(value)
+        return self._warp(img, cv2.INTER_LINEAR, value)
+
+    def apply_segmentation(self, segmentation):
+        dtype = segmentation.dtype
+        seg = segmentation.astype(np.int32) if dtype in (np.int64, np.uint32) else segmentation
+        return self._warp(seg, cv2.INTER_NEAREST, float(self.seg_pad_value)).astype(dtype, copy=False)
+
+    def apply_coords(self, coords):
+        xy1 = np.concatenate([coords, np.ones((len(coords), 1), coords.dtype)], 1)
+        return xy1 @ self.matrix.T.astype(coords.dtype)
+
+
+class RandomRotate(Augmentation):
+    """With probability ``prob``, rotate by an angle drawn from U[``min_angle``, ``max_angle``]
+    degrees (semseg's ``RandRotate``: p 0.5, image padded with the mean, labels with ignore)."""
+
+    def __init__(self, min_angle: float, max_angle: float, prob: float = 0.5, pad_value=0.0,
+                 seg_pad_value: int = 255):
+        if min_angle > max_angle:
+            raise ValueError(f"RandomRotate: min_angle {min_angle} > max_angle {max_angle}")
+        self.min_angle, self.max_angle, self.prob = float(min_angle), float(max_angle), prob
+        self.pad_value, self.seg_pad_value = pad_value, seg_pad_value
+
+    def get_transform(self, image, sem_seg=None):
+        if np.random.rand() >= self.prob:
+            return NoOpTransform()
+        h, w = image.shape[:2]
+        angle = float(np.random.uniform(self.min_angle, self.max_angle))
+        return RotateTransform(h, w, angle, self.pad_value, self.seg_pad_value)
+
+
+class GaussianBlurTransform(Transform):
+    """OpenCV Gaussian blur of the image with a ``kernel`` x ``kernel`` window (sigma from the
+    size, cv2's sigma 0); label maps and coordinates unchanged."""
+
+    def __init__(self, kernel: int = 5):
+        super().__init__()
+        self._set_attributes(locals())
+
+    def apply_image(self, img):
+        out = cv2.GaussianBlur(img, (self.kernel, self.kernel), 0)
+        return out[:, :, None] if img.ndim == 3 and out.ndim == 2 else out
+
+    def apply_segmentation(self, segmentation):
+        return segmentation
+
+    def apply_coords(self, coords):
+        return coords
+
+
+class RandomGaussianBlur(Augmentation):
+    """Gaussian blur (``kernel`` 5) with probability ``prob`` (semseg's ``RandomGaussianBlur``)."""
+
+    def __init__(self, kernel: int = 5, prob: float = 0.5):
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"RandomGaussianBlur: kernel must be odd and positive, got {kernel}")
+        self.kernel, self.prob = int(kernel), prob
+
+    def get_transform(self, image, sem_seg=None):
+        if np.random.rand() >= self.prob:
+            return NoOpTransform()
+        return GaussianBlurTransform(self.kernel)
 
 
 def apply_augmentations(augs: Sequence[Augmentation], image: np.ndarray,
