@@ -80,15 +80,18 @@ def group_playgrounds(group: str) -> List[str]:
     return folders
 
 
-def output_dir_of(folder: str) -> str:
-    """The playground's ``OUTPUT_DIR`` (its config's, or the default derived from the path)."""
+def output_dir_of(folder: str) -> Tuple[str, str]:
+    """``(OUTPUT_DIR, note)``: the playground config's ``OUTPUT_DIR``; when the config does not
+    load here (an out-of-tree family not on the path, a missing dependency), the default one
+    derived from the folder and a note saying so (a summary should not stop at one playground)."""
     from dl_lib import playground
 
     try:
-        return playground.load_config(folder).OUTPUT_DIR
-    except Exception as e:  # a config that does not load: say which one
-        raise SummaryError(f"cannot read OUTPUT_DIR from {os.path.join(folder, 'config.py')}: "
-                           f"{type(e).__name__}: {e}") from e
+        return playground.load_config(folder).OUTPUT_DIR, ""
+    except Exception as e:
+        default = playground.default_output_dir(folder)
+        return default, (f"{os.path.join(folder, 'config.py')} did not load "
+                         f"({type(e).__name__}: {e}); looked in the default OUTPUT_DIR {default}")
 
 
 def results_files(output_dir: str) -> List[Tuple[str, str]]:
@@ -199,13 +202,16 @@ def read_published(group: str) -> Dict[str, Dict[str, List[float]]]:
         raise SummaryError(str(e)) from e
 
 
-def collect(group: str, all_sources: bool = False
+def collect(group: str, all_sources: bool = False, notes: Optional[List[str]] = None
             ) -> Tuple[List[Row], Dict[str, Dict[str, List[float]]], List[Tuple[str, str]]]:
-    """``(rows, published points, [(playground, OUTPUT_DIR) not evaluated])`` of a group."""
+    """``(rows, published points, [(playground, OUTPUT_DIR) not evaluated])`` of a group;
+    ``notes`` (a list) receives a line per playground whose config did not load."""
     rows, published, missing = [], {}, []
     for folder in group_playgrounds(group):
         name = os.path.basename(folder)
-        output_dir = output_dir_of(folder)
+        output_dir, note = output_dir_of(folder)
+        if note and notes is not None:
+            notes.append(note)
         files = results_files(output_dir)
         if not files:
             missing.append((name, output_dir))
@@ -233,10 +239,11 @@ def _cell(value: Optional[float], digits: int = 2) -> str:
 
 
 def format_markdown(group: str, rows: Sequence[Row], published: Mapping,
-                    missing: Sequence[Tuple[str, str]]) -> str:
+                    missing: Sequence[Tuple[str, str]], notes: Sequence[str] = ()) -> str:
     """The summary as markdown: a table of the rows, the published points, the missing ones."""
     name = os.path.basename(os.path.abspath(group))
-    lines = [f"# {name}: results of {len({r.playground for r in rows})} playgrounds", "",
+    count = len({r.playground for r in rows})
+    lines = [f"# {name}: results of {count} playground{'' if count == 1 else 's'}", "",
              "| playground | results | dataset | exit | mIoU | GFLOPs | counted by | ms / image "
              "| device |", "|---|---|---|---|---:|---:|---|---:|---|"]
     for r in rows:
@@ -255,6 +262,8 @@ def format_markdown(group: str, rows: Sequence[Row], published: Mapping,
     if missing:
         lines += ["", "Not evaluated (no results.json in OUTPUT_DIR or OUTPUT_DIR/inference/*/): "
                   + ", ".join(f"`{n}`" for n, _ in missing)]
+    if notes:
+        lines += [""] + [f"Note: {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -342,9 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    notes: List[str] = []
     try:
-        rows, published, missing = collect(args.group, args.all)
+        rows, published, missing = collect(args.group, args.all, notes)
     except SummaryError as e:
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     group = os.path.basename(os.path.abspath(args.group))
     if args.output is None:
@@ -352,7 +364,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         args.output = os.path.join(output_root(), group)
     os.makedirs(args.output, exist_ok=True)
-    text = format_markdown(args.group, rows, published, missing)
+    text = format_markdown(args.group, rows, published, missing, notes)
     md, png = os.path.join(args.output, SUMMARY_MD), os.path.join(args.output, SUMMARY_PNG)
     with atomic_write(md) as f:
         f.write(text)
