@@ -128,3 +128,16 @@ def test_published_json_is_checked(group):
     _write(os.path.join(root, "published.json"), "[1, 2]")
     with pytest.raises(summarize.SummaryError, match="must be a dict"):
         summarize.collect(root)
+
+
+def test_a_config_that_does_not_load_is_read_from_its_default_output_dir(group):
+    root, out = group
+    _write(os.path.join(root, "OutOfTree", "config.py"), "import family_not_on_the_path\n")
+    _write(os.path.join(root, "OutOfTree", "net.py"), NET)
+    _write(str(out / "OutOfTree" / "results.json"), TRAINING)
+    notes = []
+    rows, _, _ = summarize.collect(root, notes=notes)
+    assert [(r.source, r.miou) for r in rows if r.playground == "OutOfTree"] == [("training", 69.0)]
+    (note,) = notes
+    assert "OutOfTree/config.py did not load" in note and "family_not_on_the_path" in note
+    assert str(out / "OutOfTree") in note
