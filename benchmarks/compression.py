@@ -4,9 +4,9 @@
         [--size H W] [--runs 5] [--warmup 1] [--threads 1] [--streams tied|independent]
         [--placement after_bn|original] [--json OUT]
 
-For each model (its playground: ``pspnet50`` = playground/ACoSP/PSPNet50.Cityscapes, ``segnet``
-= playground/ACoSP/SegNet.Cityscapes) and each compression ratio CR (sparsity 1 - 1/CR), the
-playground's model is built with random hard masks (``MODEL.PRUNING.HARD_MASKS``: latency does
+For each model (``pspnet50``, ``segnet``: the ``dl_lib.modeling.acosp`` builders, 19 classes, or
+with ``--source playground`` playground/ACoSP/PSPNet50.Cityscapes, SegNet.Cityscapes) and each
+compression ratio CR (sparsity 1 - 1/CR), the model is built with random hard masks (``MODEL.PRUNING.HARD_MASKS``: latency does
 not depend on which channels are kept), residual streams' masks tied (``--streams tied``, the
 default) or left independent, compressed with ``dl_lib.modeling.pruning.compress`` and timed
 against the dense network (eval, no_grad, ``predict_logits`` on a random 1x3xHxW input; median of
@@ -56,16 +56,14 @@ def latency_ms(model, size, runs, warmup):
     return statistics.median(times)
 
 
-def _reference_layout(name, opts):
-    """The reference-layout networks of the compression tests (tests/modeling/pruning/
-    acosp_models.py: the eval path, PSPNet without its aux head) with masks attached here as
-    ``prepare_model`` would from ``opts``."""
-    sys.path.insert(0, os.path.join(ROOT, "tests", "modeling", "pruning"))
-    from acosp_models import build_pspnet50, build_segnet
-
+def _library(name, opts):
+    """The ACoSP family's builders (``dl_lib.modeling.acosp``: PSPNet-50 with its aux head, SegNet,
+    19 classes) with masks attached as ``prepare_model`` does from ``opts``."""
+    from dl_lib.modeling.acosp.pspnet import pspnet50
+    from dl_lib.modeling.acosp.segnet import segnet
     from dl_lib.modeling.pruning import attach_channel_masks, to_hard_masks
 
-    model = {"pspnet50": build_pspnet50, "segnet": build_segnet}[name]()
+    model = {"pspnet50": pspnet50, "segnet": segnet}[name]()
     values = dict(zip(opts[::2], opts[1::2]))
     if values.get("MODEL.PRUNING.ENABLED") == "True":
         attach_channel_masks(model, float(values["MODEL.PRUNING.SPARSITY"]),
@@ -74,9 +72,9 @@ def _reference_layout(name, opts):
     return model
 
 
-def build(name, opts, source="playground"):
-    if source == "reference-layout":
-        return _reference_layout(name, opts).eval()
+def build(name, opts, source="library"):
+    if source == "library":
+        return _library(name, opts).eval()
     folder = os.path.join(ROOT, PLAYGROUNDS[name])
     _, model = playground.build(folder, list(opts) + ["MODEL.DEVICE", "cpu"])
     return model.eval()
@@ -87,7 +85,7 @@ def trace_input(size):
     return torch.randn(1, 3, 65, 65)
 
 
-def run(models, ratios, sizes, runs, warmup, streams, placement, source="playground"):
+def run(models, ratios, sizes, runs, warmup, streams, placement, source="library"):
     rows = []
     for name in models:
         size = sizes.get(name) or DEFAULT_SIZES[name]
@@ -138,8 +136,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--streams", choices=["tied", "independent"], default="tied")
     p.add_argument("--placement", choices=["after_bn", "original"], default="after_bn")
-    p.add_argument("--source", choices=["playground", "reference-layout"], default="playground",
-                   help="the playgrounds' models, or the test suite's reference-layout networks")
+    p.add_argument("--source", choices=["library", "playground"], default="library",
+                   help="the dl_lib.modeling.acosp builders, or the playgrounds' models")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -1,7 +1,10 @@
 """Real compression of a hard-masked network: ``compress(model, example_input) -> smaller model``.
 
-The network is traced with ``torch.fx`` (a model with ``forward_logits`` is traced through it, so
-a ``SemanticSegmentor``'s batch handling stays out) and every tensor gets a per-channel *state*:
+The network is traced with ``torch.fx`` through the model's ``compression_forward(x)`` if it has
+one (every output, training-only branches such as an aux head included), else ``forward_logits``
+(a ``SemanticSegmentor``'s batch handling stays out), else ``predict_logits``, else ``forward``; a
+masked branch that is not traced (an aux head) is left dense and unmasked: fit for inference only.
+Every tensor gets a per-channel *state*:
 alive, or dead with a known constant value (a channel a hard mask zeroed is 0; through the
 original placement's BN it is ``(0 - mu) * gamma / sigma + beta``, through ReLU ``max(., 0)``;
 adds add constants, concatenations concatenate, pooling and resizing keep them). Tensors that
@@ -74,6 +77,12 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
+# What is traced, first found: a model's ``compression_forward(x)`` (every output, training-only
+# branches such as an aux head included, e.g. ``(logits, aux_logits)``), ``forward_logits``,
+# ``predict_logits``; else ``forward``.
+_TRACED_METHODS = ("compression_forward", "forward_logits", "predict_logits")
+
+
 class _LogitsRoot(nn.Module):
     """Traces ``model.forward_logits(x)`` or ``model.predict_logits(x)`` (N x 3 x H x W
     normalised -> logits)."""
@@ -126,7 +135,7 @@ class _Analysis:
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor):
         self.model = model
-        method = next((m for m in ("forward_logits", "predict_logits") if hasattr(model, m)), None)
+        method = next((m for m in _TRACED_METHODS if hasattr(model, m)), None)
         use_logits = method is not None
         root = _LogitsRoot(model, method) if use_logits else model
         self.prefix = "m." if use_logits else ""
