@@ -151,3 +151,25 @@ def test_pretrained_v1c_layouts(tmp_path):
         load_pretrained_backbone(dst.backbone, str(tmp_path / name))
         for key, value in dst.backbone.state_dict().items():
             torch.testing.assert_close(value, backbone_sd[key], msg=f"{name}: {key}")
+
+
+def test_convert_checkpoint_tool_converts_mmseg_files(tmp_path):
+    import importlib.util
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    spec = importlib.util.spec_from_file_location(
+        "convert_checkpoint_condnet", os.path.join(repo, "tools", "convert_checkpoint.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    torch.manual_seed(0)
+    cfg = _cfg(tiny=True, num_classes=5, KERNEL_LAYOUT="original")
+    src = _build(cfg)
+    torch.save({"meta": {}, "state_dict": to_mmseg(src.state_dict())}, tmp_path / "m.pth")
+    result = tool.convert_file(str(tmp_path / "m.pth"), _build(cfg))
+    assert result["converter"] == "condnet_mmseg"
+    ours = src.state_dict()
+    assert set(result["model"]) == set(ours)
+    assert all(torch.equal(result["model"][k], ours[k]) for k in ours)
+    # the same file into a model with another class count does not fit, and says so
+    with pytest.raises(tool.ConversionError, match="another shape"):
+        tool.convert_file(str(tmp_path / "m.pth"), _build(_cfg(tiny=True, num_classes=6)))
