@@ -23,13 +23,15 @@ Extra rows by what the model returns:
 * anytime models (``sem_seg_exits``): one overlay per exit (``exit k``, with its cumulative
   GFLOPs when reported), then one row per confidence mask (``exit_masks``: the pixels computed
   after exit k, and the same over the image);
-* MFARANet: its branches (``branch b (stride s)``) and the ``fused`` output; the ASFM attention
-  maps are not drawn (the model does not return them);
+* MFARANet: its branches (``branch b (stride s)``) and the ``fused`` output, then the ASFM
+  attention map of each fused branch (its weight at the class the fused output predicts, 0 dark
+  to 1 bright, viridis; captured by forward hooks, so not with ``TEST.AUG`` / ``TEST.MODE slide``);
 * dynamic routing: the picture of the routes the image took, and ``<png>.routes.json`` next to
   it (``MODEL.GATE.ROUTES_FILE`` replays them);
 * other families (baseline, CondNet, ACoSP) return one prediction: no extra rows.
 """
 import argparse
+import contextlib
 import glob
 import logging
 import os
@@ -42,7 +44,8 @@ import numpy as np
 from dl_lib.utils import visualizer as vis
 
 __all__ = ["main", "build_parser", "DemoInputError", "iter_inputs", "read_video_frames",
-           "demo_panel", "resolve_weights", "exit_titles", "run_demo", "IMAGE_EXTS",
+           "demo_panel", "resolve_weights", "exit_titles", "run_demo", "capture_attention",
+           "attention_maps", "heat_map", "IMAGE_EXTS",
            "VIDEO_EXTS", "TITLE_HEIGHT", "PANELS_PER_ROW"]
 
 logger = logging.getLogger("dl_lib.tools.demo_images")
@@ -222,6 +225,59 @@ def exit_titles(model, num_exits: int, flops=None) -> List[str]:
             for k in range(num_exits)]
 
 
+@contextlib.contextmanager
+def capture_attention(model):
+    """While the block runs, collect MFARANet's ASFM attention weights: a list of
+    ``(branch, 1 x K x h x w weights in (0, 1) at stride 4)``, one per fused branch and forward.
+    Empty for other models (and for an MFARANet that fuses one branch: it has no attention)."""
+    from dl_lib.modeling.mfaranet.mfaranet import MFARANet
+
+    captured: List[Tuple[int, "torch.Tensor"]] = []
+    head = getattr(model, "head", None)
+    attention = getattr(head, "attention", None) if isinstance(model, MFARANet) else None
+    handles = []
+    if attention is not None:
+        for branch, module in zip(head.fused_branches, attention):
+            handles.append(module.register_forward_hook(
+                lambda mod, inp, out, b=branch: captured.append((b, out.detach()))))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def attention_maps(captured, labels: np.ndarray, model_size: Tuple[int, int]
+                   ) -> List[Tuple[int, np.ndarray]]:
+    """``(branch, H x W weight at the predicted class)`` from :func:`capture_attention`'s list of
+    one forward: each map resized as MFARANet resizes its scores (x4 with ``align_corners=True``
+    to the padded input, cropped to the ``model_size`` it saw, bilinear to the labels' H x W),
+    then read at ``labels`` (H x W class ids)."""
+    import torch
+
+    from dl_lib.modeling.meta_arch.semantic_segmentor import resize_logits
+    from dl_lib.modeling.mfaranet.mfaranet import upsample_logits
+
+    h, w = model_size
+    index = torch.from_numpy(np.asarray(labels, dtype=np.int64)).clamp_min(0)
+    maps = []
+    for branch, weights in captured:
+        stride4 = weights.float().cpu()
+        full = upsample_logits(stride4, [4 * s for s in stride4.shape[-2:]])[0, :, :h, :w]
+        full = resize_logits(full, labels.shape)
+        k = full.shape[0]
+        maps.append((branch, full.gather(0, index.clamp_max(k - 1)[None])[0].numpy()))
+    return maps
+
+
+def heat_map(values: np.ndarray) -> np.ndarray:
+    """H x W values in [0, 1] -> H x W x 3 uint8 RGB with matplotlib's viridis."""
+    import matplotlib
+
+    rgba = matplotlib.colormaps["viridis"](np.clip(values, 0.0, 1.0))
+    return (rgba[..., :3] * 255).round().astype(np.uint8)
+
+
 def _rows(panels: List[np.ndarray], titles: List[str], h: int, w: int) -> List[np.ndarray]:
     """``PANELS_PER_ROW`` panels per row under their titles, the last row padded with black."""
     rows = []
@@ -237,9 +293,12 @@ def _rows(panels: List[np.ndarray], titles: List[str], h: int, w: int) -> List[n
 def demo_panel(image: np.ndarray, pred: np.ndarray, class_names: Sequence[str], colors=None,
                ignore_label: int = 255, gt: Optional[np.ndarray] = None, title: str = "",
                exits: Sequence[np.ndarray] = (), exit_names: Sequence[str] = (),
-               masks: Sequence[np.ndarray] = (), alpha: float = 0.5) -> np.ndarray:
+               masks: Sequence[np.ndarray] = (), alpha: float = 0.5,
+               attention: Sequence[Tuple[int, np.ndarray]] = ()) -> np.ndarray:
     """``[titles] / image | prediction over the image | ground truth over the image (or the
-    colourised prediction) / [exit rows] / [mask rows] / legend`` as H' x 3W x 3 uint8.
+    colourised prediction) / [exit rows] / [mask rows] / [attention rows] / legend`` as
+    H' x 3W x 3 uint8. ``attention``: ``(branch, H x W values in [0, 1])`` drawn by
+    :func:`heat_map`, three per row.
 
     ``image``: H x W x 3 RGB uint8; ``pred``, ``gt``, ``exits``: H x W train ids (ignore
     black); ``masks``: H x W bool (True = computed after exit j), drawn as ``write_panels``
@@ -265,6 +324,8 @@ def demo_panel(image: np.ndarray, pred: np.ndarray, class_names: Sequence[str], 
                        vis.hstack([image, over(pred), third])]
                       + _rows([over(e) for e in exits], names, h, w)
                       + _mask_rows([np.asarray(m, bool) for m in masks], image, h, w)
+                      + _rows([heat_map(a) for _, a in attention],
+                              [f"branch {b} attention" for b, _ in attention], h, w)
                       + [vis.legend_strip(present, class_names, palette, PANELS_PER_ROW * w)])
 
 
@@ -338,13 +399,16 @@ def _metadata(cfg, dataset: Optional[str]):
     return names, colors, ignore
 
 
-def _extras_line(num_exits: int, num_masks: int, routes: int, titles: Sequence[str]) -> str:
+def _extras_line(num_exits: int, num_masks: int, routes: int, titles: Sequence[str],
+                 num_attention: int = 0) -> str:
     parts = []
     if num_exits:
         parts.append(f"{num_exits - 1} branches + fused" if titles and titles[-1] == "fused"
                      else f"{num_exits} exits")
     if num_masks:
         parts.append(f"{num_masks} confidence masks")
+    if num_attention:
+        parts.append(f"{num_attention} attention maps")
     if routes:
         parts.append("the routes taken")
     return ("extra rows: " + ", ".join(parts)) if parts else \
@@ -391,14 +455,19 @@ def run_demo(playground_dir: Optional[str], inputs: Sequence[str], output: Optio
     threshold = getattr(backbone, "skip_threshold", 1e-4)
     paths, extras = [], ""
     for i, (name, source, image) in enumerate(iter_inputs(inputs, every, max_frames)):
-        pred = predictor(image)
+        with capture_attention(predictor.model) as captured:
+            pred = predictor(image)
+        attention = []
+        if captured and len(captured) == len(predictor.model.head.fused_branches):  # one forward
+            size = tuple(predictor.model_input(image)["image"].shape[-2:])
+            attention = attention_maps(captured, pred.labels, size)
         gt = ground_truth.find(source, image.shape[:2]) if ground_truth else None
         flops = pred.outputs.get("flops")
         titles = exit_titles(predictor.model, len(pred.exit_logits), flops)
         panel = demo_panel(image, pred.labels, names, colors, ignore, gt=gt,
                            title=f"{name} {image.shape[1]}x{image.shape[0]}",
                            exits=pred.exit_labels, exit_names=titles, masks=pred.exit_masks,
-                           alpha=alpha)
+                           alpha=alpha, attention=attention)
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80]
         path = os.path.join(out_dir, f"{i:04d}_{stem}.png")
         if pred.gates:  # a dynamic-routing model: the routes this image took
@@ -417,7 +486,7 @@ def run_demo(playground_dir: Optional[str], inputs: Sequence[str], output: Optio
         print(f"  {path}", flush=True)
         paths.append(path)
         extras = _extras_line(len(pred.exit_logits), len(pred.exit_masks), bool(pred.gates),
-                              titles)
+                              titles, len(attention))
     if ground_truth and ground_truth.missing:
         where = f"in {gt_dir}" if gt_dir else f"in --dataset {dataset}"
         if len(ground_truth.missing) == len(paths):

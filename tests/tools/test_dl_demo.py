@@ -1,7 +1,7 @@
 """dl_demo on the embedded street scenes: a folder with --gt-dir, a video, a glob, the default
 weights (OUTPUT_DIR/last_checkpoint) and its errors with the FPN quickstart; the extra rows of an
 anytime (ADP-C: exits + confidence masks), a routing (routes picture + routes.json) and an
-MFARANet (branches + fused) playground. Checkpoints are written by the tests."""
+MFARANet (branches + fused, ASFM attention maps) playground. Checkpoints are written by the tests."""
 import json
 import math
 import os
@@ -19,7 +19,8 @@ from dl_lib.data.datasets.common import read_mask
 from dl_lib.data.mapper import read_image
 from dl_lib.engine import Predictor
 from dl_lib.evaluation.visualize import MASK_COMPUTED_COLOR, MASK_SKIPPED_COLOR
-from dl_lib.tools.demo_images import TITLE_HEIGHT, exit_titles, main
+from dl_lib.tools.demo_images import (TITLE_HEIGHT, attention_maps, capture_attention,
+                                      exit_titles, heat_map, main)
 from dl_lib.utils import visualizer as vis
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -203,10 +204,20 @@ def test_routing_routes_and_mfaranet_branches(scenes, tmp_path, capsys):
     out = tmp_path / "mfaranet"
     assert main(["--playground", MFARANET, "--input", scenes[1]["file_name"],
                  "--output", str(out)] + opts) == 0
-    assert "4 branches + fused" in capsys.readouterr().out
+    assert "4 branches + fused, 4 attention maps" in capsys.readouterr().out
     cfg.MODEL.WEIGHTS = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     predictor = Predictor(cfg, playground=MFARANET)
-    pred = predictor(read_image(scenes[1]["file_name"]))
+    image = read_image(scenes[1]["file_name"])
+    pred = predictor(image)
+    # the hooks capture the ASFM weights: fused = sum over branches of scores x attention
+    x = (predictor.model_input(image)["image"].float()[None] - predictor.model.pixel_mean) \
+        / predictor.model.pixel_std
+    with capture_attention(predictor.model) as captured, torch.no_grad():
+        outputs = predictor.model.forward_outputs(x)
+    assert [b for b, _ in captured] == [1, 2, 3, 4]
+    torch.testing.assert_close(sum(outputs.branches[b] * a for b, a in captured), outputs.fused)
+    maps = attention_maps(captured, pred.labels, (H, W))
+    assert all(m.shape == (H, W) and 0 <= m.min() and m.max() <= 1 for _, m in maps)
     assert exit_titles(predictor.model, len(pred.exit_logits)) == [
         "branch 1 (stride 4)", "branch 2 (stride 8)", "branch 3 (stride 16)",
         "branch 4 (stride 32)", "fused"]
@@ -214,5 +225,10 @@ def test_routing_routes_and_mfaranet_branches(scenes, tmp_path, capsys):
     labels = [pred.labels] + pred.exit_labels
     present = sorted(set().union(*(np.unique(x).tolist() for x in labels)) - {255})
     (name,) = os.listdir(out)
-    assert _panel(out / name).shape == (3 * (TITLE_HEIGHT + H)  # image row + 2 rows of 5
-                                        + 14 * _legend_rows(len(present), 3 * W), 3 * W, 3)
+    panel = _panel(out / name)
+    row = TITLE_HEIGHT + H
+    # image row, 2 rows of the 5 outputs, 2 rows of the 4 attention maps, legend
+    assert panel.shape == (5 * row + 14 * _legend_rows(len(present), 3 * W), 3 * W, 3)
+    for j, (_, values) in enumerate(maps):
+        y, x0 = row * (3 + j // 3) + TITLE_HEIGHT, W * (j % 3)
+        np.testing.assert_array_equal(panel[y:y + H, x0:x0 + W], heat_map(values))
