@@ -296,6 +296,12 @@ class CondNet(SemanticSegmentor):
     def output_stride(self) -> int:
         return self.head_stride
 
+    def architecture(self) -> dict:
+        """The kernel layout the generator's rows were trained in: a checkpoint read in the
+        other layout would load (same shapes) but compute another classifier."""
+        layout = getattr(self.head.classifier, "layout", None)
+        return {"MODEL.CONDNET.KERNEL_LAYOUT": layout} if layout else {}
+
     def param_lr_multiplier(self, name: str) -> float:
         """1 in the backbone, ``head_lr_multiplier`` in both heads (mmcv's ``'head'`` key)."""
         return 1.0 if name.startswith("backbone.") else self.head_lr_multiplier

@@ -173,3 +173,14 @@ def test_convert_checkpoint_tool_converts_mmseg_files(tmp_path):
     # the same file into a model with another class count does not fit, and says so
     with pytest.raises(tool.ConversionError, match="another shape"):
         tool.convert_file(str(tmp_path / "m.pth"), _build(_cfg(tiny=True, num_classes=6)))
+
+
+def test_checkpoints_record_the_kernel_layout(tmp_path):
+    from dl_lib.checkpoint import architecture_of
+
+    model = _build(_cfg(tiny=True, num_classes=5, KERNEL_LAYOUT="original"))
+    assert architecture_of(model) == {"MODEL.CONDNET.KERNEL_LAYOUT": "original"}
+    Checkpointer(model, save_dir=str(tmp_path)).save("m")
+    saved = torch.load(tmp_path / "m.pth", weights_only=False)
+    assert saved["architecture"] == {"MODEL.CONDNET.KERNEL_LAYOUT": "original"}
+    assert architecture_of(_build(_cfg(tiny=True, num_classes=5, CLASSIFIER="plain"))) == {}
