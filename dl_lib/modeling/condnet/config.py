@@ -17,11 +17,13 @@ def add_condnet_config(cfg: CfgNode) -> None:
     cfg.MODEL.CONDNET.CHANNELS = 512
     # ASPP dilations; the first one (1) is a 1x1 branch (the original: 1, 12, 24, 36).
     cfg.MODEL.CONDNET.DILATIONS = [1, 12, 24, 36]
-    # sep_aspp: stride-4 low-level feature and its projected width (res2 -> 48).
+    # sep_aspp: the stride-4 low-level backbone feature (res2).
     cfg.MODEL.CONDNET.LOW_LEVEL_FEATURE = "res2"
+    # sep_aspp: width of its 1x1 projection (the original: 48).
     cfg.MODEL.CONDNET.LOW_LEVEL_CHANNELS = 48
-    # fcn host: number of 3x3 convs and whether the input is concatenated before the classifier.
+    # fcn host: number of 3x3 convs (mmseg's FCNHead: 2).
     cfg.MODEL.CONDNET.FCN_NUM_CONVS = 2
+    # fcn host: concatenate the input and fuse it with a 3x3 conv before the classifier.
     cfg.MODEL.CONDNET.FCN_CONCAT_INPUT = True
     # Norm of every host conv ("" = no norm, convs get biases).
     cfg.MODEL.CONDNET.NORM = "BN"
@@ -35,8 +37,9 @@ def add_condnet_config(cfg: CfgNode) -> None:
     cfg.MODEL.CONDNET.DROPOUT = 0.1
     # FCN auxiliary head on res4 (training only; counted in the parameters, not in eval MACs).
     cfg.MODEL.CONDNET.AUX_HEAD = True
-    # Backbone feature and width of the auxiliary head (res4 = layer3, 256).
+    # Backbone feature of the auxiliary head (res4 = mmseg's layer3).
     cfg.MODEL.CONDNET.AUX_IN_FEATURE = "res4"
+    # Width of the auxiliary head's 3x3 conv (256).
     cfg.MODEL.CONDNET.AUX_CHANNELS = 256
     # --- losses (reference section 3; dl_lib/modeling/condnet/losses.py) ---
     # Weight of the cross-entropy on the conditional logits (1.0).
@@ -47,10 +50,9 @@ def add_condnet_config(cfg: CfgNode) -> None:
     cfg.MODEL.CONDNET.DICE_SMOOTH = 1e-5
     # Weight of the auxiliary head's cross-entropy (0.4).
     cfg.MODEL.CONDNET.AUX_LOSS_WEIGHT = 0.4
-    # mmseg's OHEM pixel sampler on the main cross-entropy: probability threshold (< 0 = off;
-    # 0 = keep the min_kept hardest pixels by loss) ...
+    # OHEM on the main CE: probability threshold (< 0 = off, 0 = the min_kept top-loss pixels).
     cfg.MODEL.CONDNET.OHEM_THRESH = -1.0
-    # ... and the pixels kept at least, per image.
+    # OHEM: pixels kept at least, per image (mmseg's min_kept).
     cfg.MODEL.CONDNET.OHEM_MIN_KEPT = 100000
     # Learning-rate factor of everything but the backbone (Pascal Context recipes: 10).
     cfg.MODEL.CONDNET.HEAD_LR_MULTIPLIER = 1.0
