@@ -1,6 +1,7 @@
 """Per-class IoU bars (dl_lib.evaluation.plots): bar lengths, colours, n/a classes, the figure
 size per class, errors naming the file, and the PNG dl_test writes next to its results.json."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def test_png_size_grows_with_classes_and_bars_have_the_class_colours(tmp_path):
     pixels = {tuple(p) for p in image.reshape(-1, 3)}
     assert (200, 0, 0) in pixels and (0, 180, 0) in pixels
     assert (0, 0, 160) not in pixels  # class2 has no IoU: no bar
-    bars = [p for p in fig.axes[0].patches]
+    bars = list(fig.axes[0].patches)
     assert [b.get_width() for b in bars[:2]] == pytest.approx([scores[0][1], scores[1][1]])
     assert "n/a" in [t.get_text() for t in fig.axes[0].texts]
 
@@ -81,8 +82,6 @@ def test_errors_name_the_source(tmp_path):
 
 
 def test_dl_test_writes_the_bars_next_to_results_json(toy_playground, one_thread):
-    import os
-
     assert train_net.main_test(["--playground", toy_playground, "--random-weights"]) == 0
     out = os.path.join(os.environ["DL_OUTPUT_ROOT"], "Toy", "Tiny", "inference", "random_init")
     with open(os.path.join(out, "results.json")) as f:
