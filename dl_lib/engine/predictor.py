@@ -163,7 +163,8 @@ class Predictor:
         default = cfg.INPUT.get("FORMAT", "RGB") if "INPUT" in cfg else "RGB"
         self.input_format = _check_format(input_format or default, "input_format")
         backbone = getattr(model, "backbone", None)
-        self._gate_backbone = backbone if record_gates and hasattr(backbone, "record_gates") else None
+        records = record_gates and hasattr(backbone, "record_gates")
+        self._gate_backbone = backbone if records else None
 
     @property
     def device(self) -> torch.device:

@@ -282,7 +282,8 @@ def _rows(panels: List[np.ndarray], titles: List[str], h: int, w: int) -> List[n
     """``PANELS_PER_ROW`` panels per row under their titles, the last row padded with black."""
     rows = []
     for start in range(0, len(panels), PANELS_PER_ROW):
-        chunk, names = list(panels[start:start + PANELS_PER_ROW]), list(titles[start:start + PANELS_PER_ROW])
+        end = start + PANELS_PER_ROW
+        chunk, names = list(panels[start:end]), list(titles[start:end])
         while len(chunk) < PANELS_PER_ROW:
             chunk.append(np.zeros((h, w, 3), np.uint8))
             names.append("")
@@ -362,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dl_demo", description=__doc__.split("\n\n")[0],
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:3]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--playground", default=None, help="playground folder (default: the current one)")
+    p.add_argument("--playground", default=None,
+                   help="playground folder (default: the current one)")
     p.add_argument("--input", action="append", default=[], metavar="PATH",
                    help="a folder of images, an image, a video file or a glob (quoted); repeat "
                         "for several")

@@ -53,7 +53,8 @@ def test_predictor_equals_the_models_eval_output(trained):
     predictor = Predictor(cfg, playground=PLAYGROUND)
     assert predictor.input_format == "RGB"  # the config's INPUT.FORMAT
     inputs = predictor.model_input(image)
-    assert tuple(inputs["image"].shape) == (3, 48, 96) and (inputs["height"], inputs["width"]) == (H, W)
+    assert tuple(inputs["image"].shape) == (3, 48, 96)
+    assert (inputs["height"], inputs["width"]) == (H, W)
     pred = predictor(image)
     assert isinstance(pred, Prediction)
     assert tuple(pred.logits.shape) == (19, H, W) and pred.labels.shape == (H, W)
@@ -90,17 +91,17 @@ def test_bgr_and_rgb_inputs_and_input_format(trained):
 def test_test_time_flip_and_slide(trained):
     cfg, model, d = trained
     cfg = cfg.clone()
-    cfg.merge_from_list(["TEST.AUG.ENABLED", True, "TEST.AUG.MIN_SIZES", [48], "TEST.AUG.FLIP", True,
-                         "TEST.MODE", "slide", "TEST.SLIDE.CROP_SIZE", [32, 64],
-                         "TEST.SLIDE.STRIDE", [16, 32]])
+    cfg.merge_from_list(["TEST.AUG.ENABLED", True, "TEST.AUG.MIN_SIZES", [48],
+                         "TEST.AUG.FLIP", True, "TEST.MODE", "slide",
+                         "TEST.SLIDE.CROP_SIZE", [32, 64], "TEST.SLIDE.STRIDE", [16, 32]])
     pred = Predictor(cfg, model=model)(read_image(d["file_name"]))
     wrapper = TestTimeSegmentor(model, min_sizes=[48], flip=True, mode="slide",
                                 crop_size=[32, 64], stride=[16, 32]).eval()
     # with TEST.AUG the loader keeps the original size; the wrapper resizes per scale
     want = _own_eval(wrapper, cfg, d, augmentations=[])["sem_seg"]
     torch.testing.assert_close(pred.logits, want, rtol=0, atol=1e-6)
-    assert not torch.allclose(pred.logits.softmax(0), _own_eval(model, cfg, d)["sem_seg"].softmax(0),
-                              atol=1e-3)
+    plain = _own_eval(model, cfg, d)["sem_seg"]
+    assert not torch.allclose(pred.logits.softmax(0), plain.softmax(0), atol=1e-3)
 
 
 def test_weights_load_strictly_and_bad_input(trained, tmp_path):

@@ -1,7 +1,7 @@
 """dl_demo on the embedded street scenes: a folder with --gt-dir, a video, a glob, the default
 weights (OUTPUT_DIR/last_checkpoint) and its errors with the FPN quickstart; the extra rows of an
 anytime (ADP-C: exits + confidence masks), a routing (routes picture + routes.json) and an
-MFARANet (branches + fused, ASFM attention maps) playground. Checkpoints are written by the tests."""
+MFARANet (branches + fused, ASFM attention maps) playground. The tests write the checkpoints."""
 import json
 import math
 import os
@@ -173,7 +173,8 @@ def test_anytime_exits_and_confidence_masks(scenes, tmp_path, capsys):
     for j, mask in enumerate(pred.exit_masks):
         y = row * (3 + j) + TITLE_HEIGHT
         drawn = panel[y:y + H, :W]
-        want = np.where(mask[..., None], np.uint8(MASK_COMPUTED_COLOR), np.uint8(MASK_SKIPPED_COLOR))
+        want = np.where(mask[..., None], np.uint8(MASK_COMPUTED_COLOR),
+                        np.uint8(MASK_SKIPPED_COLOR))
         np.testing.assert_array_equal(drawn, want)
     np.testing.assert_array_equal(panel[TITLE_HEIGHT:row, 2 * W:],  # the GT of the data set
                                   vis.overlay(image, vis.colorize(gt, colors), 0.5))
