@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/compression.py [--models pspnet50 segnet] [--ratios 2 4 8 16]
         [--size H W] [--runs 5] [--warmup 1] [--threads 1] [--streams tied|independent]
-        [--placement after_bn|original] [--json OUT]
+        [--placement after_bn|original] [--clock wall|thread] [--json OUT]
 
 For each model (``pspnet50``, ``segnet``: the ``dl_lib.modeling.acosp`` builders, 19 classes, or
 with ``--source playground`` playground/ACoSP/PSPNet50.Cityscapes, SegNet.Cityscapes) and each
-compression ratio CR (sparsity 1 - 1/CR), the model is built with random hard masks (``MODEL.PRUNING.HARD_MASKS``: latency does
+compression ratio CR (sparsity 1 - 1/CR), the model is built with random hard masks
+(``MODEL.PRUNING.HARD_MASKS``: latency does
 not depend on which channels are kept), residual streams' masks tied (``--streams tied``, the
 default) or left independent, compressed with ``dl_lib.modeling.pruning.compress`` and timed
 against the dense network (eval, no_grad, ``predict_logits`` on a random 1x3xHxW input; median of
@@ -30,7 +31,6 @@ from tabulate import tabulate  # noqa: E402
 
 from dl_lib import playground  # noqa: E402
 from dl_lib.analysis.flops import flop_count  # noqa: E402
-from dl_lib.modeling.pruning import channel_masks  # noqa: E402
 from dl_lib.modeling.pruning.compress import compress, tie_stream_masks  # noqa: E402
 
 PLAYGROUNDS = {"pspnet50": "playground/ACoSP/PSPNet50.Cityscapes",
@@ -42,17 +42,24 @@ def gmacs(model, size):
     return flop_count(copy.deepcopy(model).to("meta"), tuple(size)).total
 
 
+CLOCKS = {"wall": time.perf_counter,
+          # CPU time of the calling thread: with 1 torch thread the whole forward runs there, and
+          # time spent waiting for a core that other jobs hold is not counted.
+          "thread": time.thread_time}
+
+
 @torch.no_grad()
-def latency_ms(model, size, runs, warmup):
+def latency_ms(model, size, runs, warmup, clock="wall"):
     model.eval()
     x = torch.randn(1, 3, int(size[0]), int(size[1]))
     call = model.predict_logits if hasattr(model, "predict_logits") else model
+    now = CLOCKS[clock]
     times = []
     for i in range(warmup + runs):
-        t0 = time.perf_counter()
+        t0 = now()
         call(x)
         if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
+            times.append((now() - t0) * 1e3)
     return statistics.median(times)
 
 
@@ -85,14 +92,15 @@ def trace_input(size):
     return torch.randn(1, 3, 65, 65)
 
 
-def run(models, ratios, sizes, runs, warmup, streams, placement, source="library"):
+def run(models, ratios, sizes, runs, warmup, streams, placement, source="library",
+        clock="wall"):
     rows = []
     for name in models:
         size = sizes.get(name) or DEFAULT_SIZES[name]
         torch.manual_seed(0)
         dense = build(name, ["MODEL.PRUNING.ENABLED", "False"], source)
         dense_gmacs = gmacs(dense, size)
-        dense_ms = latency_ms(dense, size, runs, warmup)
+        dense_ms = latency_ms(dense, size, runs, warmup, clock)
         for cr in ratios:
             sparsity = 1.0 - 1.0 / cr
             torch.manual_seed(0)
@@ -103,7 +111,7 @@ def run(models, ratios, sizes, runs, warmup, streams, placement, source="library
             groups = tie_stream_masks(masked, x) if streams == "tied" else []
             small = compress(masked, x, inplace=True).eval()
             small_gmacs = gmacs(small, size)
-            small_ms = latency_ms(small, size, runs, warmup)
+            small_ms = latency_ms(small, size, runs, warmup, clock)
             mac_x, speedup = dense_gmacs / small_gmacs, dense_ms / small_ms
             rows.append({"model": name, "size": f"{size[0]}x{size[1]}", "cr": cr,
                          "sparsity": sparsity, "streams": streams, "tied_groups": len(groups),
@@ -138,15 +146,17 @@ def main(argv=None):
     p.add_argument("--placement", choices=["after_bn", "original"], default="after_bn")
     p.add_argument("--source", choices=["library", "playground"], default="library",
                    help="the dl_lib.modeling.acosp builders, or the playgrounds' models")
+    p.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                   help="wall time, or the calling thread's CPU time (1 thread, shared machine)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = {m: tuple(args.size) for m in args.models} if args.size else {}
     rows = run(args.models, args.ratios, sizes, args.runs, args.warmup, args.streams,
-               args.placement, args.source)
+               args.placement, args.source, args.clock)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), streams "
-          f"{args.streams}, placement {args.placement}, median of {args.runs}, models from "
-          f"{args.source}")
+          f"{args.streams}, placement {args.placement}, median of {args.runs} "
+          f"({args.clock} clock), models from {args.source}")
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:

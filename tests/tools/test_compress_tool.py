@@ -81,7 +81,8 @@ def test_compress_tool_writes_a_checkpoint_dl_test_rebuilds(tmp_path, monkeypatc
     folder = _playground(tmp_path)
     torch.manual_seed(0)
     cfg, masked = playground.build(folder)
-    assert len(channel_masks(masked)) == 2 and all(m.is_hard for m in channel_masks(masked).values())
+    masks = channel_masks(masked)
+    assert len(masks) == 2 and all(m.is_hard for m in masks.values())
     g = torch.Generator().manual_seed(0)
     for m in masked.modules():  # nonzero constants in the pruned channels
         if isinstance(m, torch.nn.BatchNorm2d):

@@ -85,7 +85,8 @@ def _resized_conv(conv: nn.Conv2d, in_channels: int, out_channels: int, kind: st
         raise ValueError(f"compress: grouped conv (groups={conv.groups}) is not supported")
     cls = FoldedConv2d if kind == "fold" else nn.Conv2d
     new = cls(in_channels, out_channels, conv.kernel_size, stride=conv.stride,
-              padding=conv.padding, dilation=conv.dilation, bias=(conv.bias is not None) or bool(kind),
+              padding=conv.padding, dilation=conv.dilation,
+              bias=(conv.bias is not None) or bool(kind),
               padding_mode=conv.padding_mode)
     for name, value in vars(conv).items():  # flags such as ``unprunable``
         if not name.startswith("_") and name not in vars(new):

@@ -32,7 +32,7 @@ BatchNorm is taken in eval mode (running statistics), as at inference.
 import copy
 import logging
 import operator
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +104,8 @@ class _State:
 
     @staticmethod
     def full(channels: int) -> "_State":
-        return _State(torch.ones(channels, dtype=torch.bool), torch.zeros(channels, dtype=torch.float64))
+        return _State(torch.ones(channels, dtype=torch.bool),
+                      torch.zeros(channels, dtype=torch.float64))
 
 
 class _UnionFind:
@@ -452,7 +453,8 @@ class _Analysis:
 
     # ---- queries -----------------------------------------------------------------------------
     def module_path(self, node: fx.Node) -> str:
-        return node.target[len(self.prefix):] if node.target.startswith(self.prefix) else node.target
+        target = node.target
+        return target[len(self.prefix):] if target.startswith(self.prefix) else target
 
 
 def _keeps_channels(idx) -> bool:

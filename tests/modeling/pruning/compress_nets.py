@@ -21,8 +21,9 @@ class ResidualNet(nn.Module):
         self.stem = nn.Sequential(cbr(3, 16), cbr(16, 16))
         ds = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32))
         self.layer = nn.Sequential(Bottleneck(16, 8, downsample=ds), Bottleneck(32, 8))
-        self.ppm = nn.ModuleList([nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(32, 8, 1, bias=False),
-                                                nn.BatchNorm2d(8), nn.ReLU()) for b in (1, 2)])
+        self.ppm = nn.ModuleList([nn.Sequential(
+            nn.AdaptiveAvgPool2d(b), nn.Conv2d(32, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+            for b in (1, 2)])
         self.fuse = cbr(32 + 16, 16)
         self.cls = nn.Conv2d(16, 5, 1)
         self.cls.unprunable = True

@@ -1,5 +1,6 @@
 """compress on the ACoSP family's PSPNet-50 (deep-stem ResNet-50, output stride 8, PPM 1/2/3/6,
-3x3 fusion, classifier, aux head; reference 1.1) and SegNet (VGG-16, max-unpooling decoder): the MAC targets of issue 16 at 713x713 (the library's
+3x3 fusion, classifier, aux head; reference 1.1) and SegNet (VGG-16, max-unpooling decoder):
+the MAC targets of issue 16 at 713x713 (the library's
 counter on a meta copy; reference section 3: 363.8 G dense, 91.0 G output-side and 48.2 G
 chain-input at ACoSP-4) for independent and tied stream masks and for excluded residual convs,
 and compressed == masked on random input in both placements."""
