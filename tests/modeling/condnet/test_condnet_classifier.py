@@ -128,3 +128,13 @@ def test_bad_layout_and_shapes_are_clear_errors():
                               num_classes=3)
     with pytest.raises(ValueError, match="features"):
         ConditionalClassifier(4, 2)(torch.randn(1, 3, 2, 2))
+
+
+def test_traceable():
+    """The original's ``(H·W)**-1`` on a traced size broke torch.jit.trace (reference section 6)."""
+    torch.manual_seed(3)
+    m = ConditionalClassifier(6, 3, layout="original").eval()
+    x = torch.randn(1, 6, 5, 4)
+    traced = torch.jit.trace(m, (x,), check_trace=False)
+    for got, want in zip(traced(x), m(x)):
+        torch.testing.assert_close(got, want)
