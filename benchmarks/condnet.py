@@ -142,6 +142,83 @@ def bench_classifier(k: int, size, args) -> dict:
                  classifiers(k), (feats,), args, macs)
 
 
+class _HostOnly(nn.Module):
+    """The decode head on fixed backbone features, callable on a dummy image (for the counter)."""
+
+    def __init__(self, head, high, low):
+        super().__init__()
+        self.head, self.high, self.low = head, high, low
+
+    def forward(self, x=None):
+        return self.head(self.high, self.low)[0]
+
+
+def _counted_macs(module: nn.Module, inputs: torch.Tensor) -> int:
+    from dl_lib.analysis import flop_count
+
+    return flop_count(module, inputs=inputs, convention="gmac").raw
+
+
+def _with_analytic_classifiers(plain_total: float, k: int, h: int, w: int) -> Dict[str, float]:
+    """MACs of each variant: the counted plain network, its 1x1 replaced by each classifier's
+    analytic count (so an einsum the counter might skip cannot hide the conditioning's cost)."""
+    rest = plain_total - classifier_macs("plain 1x1", k, CHANNELS, h, w)
+    return {n: rest + classifier_macs("plain 1x1" if n.startswith("plain") else "conditional",
+                                      k, CHANNELS, h, w)
+            for n in ("plain 1x1", "conditional", "conditional original")}
+
+
+def bench_host(k: int, size, args) -> dict:
+    """The sep-ASPP decode head of R50-D8 (res5 2048 ch at stride 8, res2 256 ch at stride 4)."""
+    from dl_lib.modeling.condnet.condnet import CondSepASPPHead, build_classifier
+
+    torch.manual_seed(0)
+    high = torch.randn(1, 2048, size[0] // 8, size[1] // 8)
+    low = torch.randn(1, 256, size[0] // 4, size[1] // 4)
+    heads = {}
+    for name, kind, layout in (("plain 1x1", "plain", "clean"), ("conditional", "conditional",
+                                "clean"), ("conditional original", "conditional", "original")):
+        torch.manual_seed(0)
+        head = CondSepASPPHead(2048, CHANNELS, k, classifier=build_classifier(
+            kind, CHANNELS, k, layout)).eval()
+        heads[name] = _HostOnly(head, high, low).eval()
+    plain = _counted_macs(heads["plain 1x1"], torch.zeros(1, 3, 8, 8))
+    macs = _with_analytic_classifiers(plain, k, size[0] // 4, size[1] // 4)
+    return bench(f"sep-ASPP head + classifier, K={k} (input {size[0]}x{size[1]})",
+                 heads, (None,), args, macs)
+
+
+def bench_model(k: int, size, args) -> dict:
+    """The whole R50-D8 network (eval: no auxiliary head), random weights."""
+    from dl_lib.modeling import build_model
+    from dl_lib.modeling.condnet.recipes import ade20k_config
+
+    models = {}
+    for name, kind, layout in (("plain 1x1", "plain", "clean"), ("conditional", "conditional",
+                                "clean"), ("conditional original", "conditional", "original")):
+        cfg = ade20k_config(50)
+        cfg.MODEL.DEVICE, cfg.MODEL.PRETRAINED = "cpu", ""
+        cfg.MODEL.BACKBONE.NORM = cfg.MODEL.CONDNET.NORM = "BN"
+        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = k
+        cfg.MODEL.CONDNET.CLASSIFIER, cfg.MODEL.CONDNET.KERNEL_LAYOUT = kind, layout
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        models[name] = _Logits(model)
+    x = torch.randn(1, 3, *size)
+    plain = _counted_macs(models["plain 1x1"].model, x)
+    macs = _with_analytic_classifiers(plain, k, size[0] // 4, size[1] // 4)
+    return bench(f"R50-D8 network, K={k} (input {size[0]}x{size[1]})", models, (x,), args, macs)
+
+
+class _Logits(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.predict_logits(x)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", nargs="+", default=["512x512"], help="input HxW (batch 1)")
@@ -161,6 +238,10 @@ def main(argv=None) -> dict:
     for size in sizes:
         for k in args.classes:
             rows.append(bench_classifier(k, size, args))
+            if args.host:
+                rows.append(bench_host(k, size, args))
+            if args.model:
+                rows.append(bench_model(k, size, args))
     result = {"rows": rows, "argv": sys.argv[1:] if argv is None else list(argv)}
     if args.json:
         with open(args.json, "w") as f:

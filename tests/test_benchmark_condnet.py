@@ -6,18 +6,21 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # ~10 s idle, over a minute on the loaded 2-core machine (imports, counter)
 def test_tiny_run_prints_and_writes_the_side_by_side_table(tmp_path):
     out = tmp_path / "condnet.json"
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "condnet.py"), "--sizes", "32x48",
-           "--classes", "5", "--runs", "2", "--warmup", "0", "--threads", "1",
+           "--classes", "5", "--runs", "2", "--warmup", "0", "--threads", "1", "--host",
            "--json", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT,
                          env=dict(os.environ, PYTHONPATH=ROOT))
     assert "| variant | GMAC | median ms | cpu ms | time / plain | MAC / plain |" in run.stdout
-    (row,) = json.loads(out.read_text())["rows"]
+    row, host = json.loads(out.read_text())["rows"]
     names = ["plain 1x1", "conditional", "conditional original"]
     assert list(row["median_s"]) == names and row["threads"] == 1
     assert all(len(row["cpu_times_s"][n]) == 2 for n in names)
@@ -28,3 +31,8 @@ def test_tiny_run_prints_and_writes_the_side_by_side_table(tmp_path):
     cpu = row["cpu_median_s"]
     for n in names:
         assert abs(row["ratio_vs_plain"][n] - cpu[n] / cpu["plain 1x1"]) < 1e-9
+    # the host's count is the same for both classifiers: only the classifier terms differ
+    assert list(host["median_s"]) == names
+    extra = host["gmacs"]["conditional"] - host["gmacs"]["plain 1x1"]
+    assert abs(extra * 1e9 - (2 * k * c * p + (c + 1) * k * c)) < 1e-3
+    assert host["gmacs"]["plain 1x1"] > 10 * row["gmacs"]["plain 1x1"]
