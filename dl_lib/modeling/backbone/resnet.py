@@ -10,8 +10,9 @@ Parameter names of the plain-stem variant match torchvision's (``conv1``, ``bn1`
 ``MODEL.PRETRAINED``. Those files have a 128-channel deep stem: build with
 ``MODEL.BACKBONE.STEM_WIDTH 128``. mmseg's ResNetV1c-D8 (CondNet, DeepLabV3+) is ``DEEP_STEM True``,
 ``STEM_WIDTH 64`` (3->32->32->64), ``OUTPUT_STRIDE 8`` (res4 / res5 dilated 2 / 4, first block
-1 / 2: mmseg's ``contract_dilation``); the open-mmlab ``resnet{50,101}_v1c`` files (``stem.{0,1,3,
-4,6,7}``, ``layerX.Y.convZ``) already have our names, and whole mmseg models' ``backbone.*`` load too.
+1 / 2: mmseg's ``contract_dilation``); the open-mmlab ``resnet{50,101}_v1c`` files
+(``stem.{0,1,3,4,6,7}``, ``layerX.Y.convZ``) already have our names, and whole mmseg models'
+``backbone.*`` load too.
 """
 from typing import Callable, Dict, Optional, Sequence
 

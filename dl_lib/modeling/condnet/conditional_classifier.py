@@ -127,7 +127,8 @@ class ConditionalClassifier(nn.Module):
         probs = guidance_logits.softmax(dim=1).flatten(2)             # N×K×HW
         return torch.einsum("nkp,ncp->nkc", probs, features.flatten(2)) * (1.0 / (h * w))
 
-    def dynamic_params(self, centres: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    def dynamic_params(self, centres: torch.Tensor
+                       ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """N×K×C centres -> (weights, biases): weights[0] N×K×C, weights[l>0] N×K×K, biases[l] N×K
         (empty list without bias), parsed in ``self.layout``."""
         n = centres.shape[0]

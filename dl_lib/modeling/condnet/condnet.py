@@ -34,8 +34,8 @@ from ..registry import META_ARCH_REGISTRY
 from .conditional_classifier import ConditionalClassifier
 from .losses import dice_loss, ohem_cross_entropy
 
-__all__ = ["VARIANTS", "backbone_config", "ConvNormAct", "DepthwiseSeparableConv", "PlainClassifier",
-           "CondSepASPPHead", "CondFCNHead", "FCNHead", "CondNet", "build_classifier"]
+__all__ = ["VARIANTS", "backbone_config", "ConvNormAct", "DepthwiseSeparableConv",
+           "PlainClassifier", "CondSepASPPHead", "CondFCNHead", "FCNHead", "CondNet", "build_classifier"]
 
 # mmseg's ResNetV1c-D8: deep stem 3->32->32->64, res4 / res5 dilated 2 / 4 (first block 1 / 2).
 VARIANTS = {
@@ -48,7 +48,8 @@ VARIANTS = {
 def backbone_config(depth: int = 50) -> dict:
     """``MODEL.BACKBONE`` delta of ResNetV1c-D8 (depth 50 or 101), for ``config_from_delta``."""
     if depth not in VARIANTS:
-        raise KeyError(f"CondNet backbone: depth {depth!r} unknown; choose one of {sorted(VARIANTS)}")
+        raise KeyError(f"CondNet backbone: depth {depth!r} unknown; choose one of "
+                       f"{sorted(VARIANTS)}")
     return {k: list(v) if isinstance(v, list) else v for k, v in VARIANTS[depth].items()}
 
 
@@ -86,7 +87,8 @@ class PlainClassifier(nn.Module):
 
 
 def build_classifier(kind: str, in_channels: int, num_classes: int, layout: str = "clean",
-                     num_layers: int = 1, with_bias: bool = True, dropout: float = 0.1) -> nn.Module:
+                     num_layers: int = 1, with_bias: bool = True,
+                     dropout: float = 0.1) -> nn.Module:
     """``MODEL.CONDNET.CLASSIFIER``: ``"conditional"`` or ``"plain"``."""
     if kind == "conditional":
         return ConditionalClassifier(in_channels, num_classes, layout=layout, num_layers=num_layers,
@@ -138,7 +140,9 @@ class CondSepASPPHead(nn.Module):
             self.sep_bottleneck = nn.Sequential(
                 DepthwiseSeparableConv(channels + low_level_proj, channels, 3, norm=norm),
                 DepthwiseSeparableConv(channels, channels, 3, norm=norm))
-        self.classifier = classifier if classifier is not None else ConditionalClassifier(channels, num_classes)
+        if classifier is None:
+            classifier = ConditionalClassifier(channels, num_classes)
+        self.classifier = classifier
 
     def features(self, x: torch.Tensor, low: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The host's N×C features the classifier sees."""
@@ -163,15 +167,20 @@ class CondFCNHead(nn.Module):
     (``conv_cat``). ``forward(x)`` -> (logits, guidance) at the input's stride."""
 
     def __init__(self, in_channels: int, channels: int, num_classes: int, num_convs: int = 2,
-                 concat_input: bool = True, norm: str = "BN", classifier: Optional[nn.Module] = None):
+                 concat_input: bool = True, norm: str = "BN",
+                 classifier: Optional[nn.Module] = None):
         super().__init__()
         if num_convs < 1:
-            raise ValueError(f"CondFCNHead: MODEL.CONDNET.FCN_NUM_CONVS must be >= 1, got {num_convs}")
-        self.convs = nn.Sequential(*[ConvNormAct(in_channels if i == 0 else channels, channels, 3, norm=norm)
-                                     for i in range(num_convs)])
+            raise ValueError(f"CondFCNHead: MODEL.CONDNET.FCN_NUM_CONVS must be >= 1, "
+                             f"got {num_convs}")
+        self.convs = nn.Sequential(*[
+            ConvNormAct(in_channels if i == 0 else channels, channels, 3, norm=norm)
+            for i in range(num_convs)])
         self.conv_cat = (ConvNormAct(in_channels + channels, channels, 3, norm=norm)
                          if concat_input else None)
-        self.classifier = classifier if classifier is not None else ConditionalClassifier(channels, num_classes)
+        if classifier is None:
+            classifier = ConditionalClassifier(channels, num_classes)
+        self.classifier = classifier
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.convs(x)

@@ -66,7 +66,8 @@ def convert_mmseg(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Ten
                 new = "head." + _convmodule_to_ours(rest)
         elif key.startswith("auxiliary_head."):
             rest = key[len("auxiliary_head."):]
-            new = "aux_head." + (rest if rest.startswith("conv_seg.") else _convmodule_to_ours(rest))
+            plain = rest.startswith("conv_seg.")
+            new = "aux_head." + (rest if plain else _convmodule_to_ours(rest))
         else:
             raise KeyError(f"mmseg CondNet checkpoint: key {key!r} is outside backbone / "
                            "decode_head / auxiliary_head; not a CondNet EncoderDecoder file")

@@ -156,7 +156,8 @@ def test_pretrained_v1c_layouts(tmp_path):
 def test_convert_checkpoint_tool_converts_mmseg_files(tmp_path):
     import importlib.util
 
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    here = os.path.abspath(__file__)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(here))))
     spec = importlib.util.spec_from_file_location(
         "convert_checkpoint_condnet", os.path.join(repo, "tools", "convert_checkpoint.py"))
     tool = importlib.util.module_from_spec(spec)
