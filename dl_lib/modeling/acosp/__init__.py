@@ -10,3 +10,4 @@ from . import config  # noqa: F401  (registers add_acosp_config)
 from .pspnet import *  # noqa: F401,F403
 from .segnet import *  # noqa: F401,F403
 from . import convert  # noqa: F401,E402  (registers the checkpoint converters)
+from .training import ACoSPTrainer  # noqa: F401,E402

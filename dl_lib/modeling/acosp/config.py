@@ -26,3 +26,15 @@ def add_acosp_config(cfg: CfgNode) -> None:
     cfg.MODEL.ACOSP.SEGNET_WIDTHS = [64, 128, 256, 512, 512]
     # SegNet: keep the original's BN + ReLU after the last (class-score) conv, as its checkpoints.
     cfg.MODEL.ACOSP.SEGNET_FINAL_BN_RELU = True
+    # --- the original's training augmentation (semseg's transforms; ACoSPTrainer's loader) ---
+    cfg.INPUT.SEMSEG_AUG = CfgNode()
+    # True: RandScale -> RandRotate -> blur -> flip -> crop/pad replaces INPUT's resize/crop list.
+    cfg.INPUT.SEMSEG_AUG.ENABLED = False
+    # Scale factor range of each image (relative; Cityscapes PSPNet [0.5, 2.0], SegNet [0.25, 1.0]).
+    cfg.INPUT.SEMSEG_AUG.SCALE = [0.5, 2.0]
+    # Rotation range in degrees, applied with ROTATE_PROB (image padded with the mean, labels ignore).
+    cfg.INPUT.SEMSEG_AUG.ROTATE = [-10.0, 10.0]
+    cfg.INPUT.SEMSEG_AUG.ROTATE_PROB = 0.5
+    # Gaussian blur (BLUR_KERNEL x BLUR_KERNEL) with this probability.
+    cfg.INPUT.SEMSEG_AUG.BLUR_PROB = 0.5
+    cfg.INPUT.SEMSEG_AUG.BLUR_KERNEL = 5

@@ -89,6 +89,25 @@ class SegNetEncoder(nn.Module):
         for i, (w, d) in enumerate(zip(widths, depths)):
             self.add_module(f"down{i + 1}", SegNetDown(3 if i == 0 else widths[i - 1], w, d))
 
+    @classmethod
+    def convert_pretrained(cls, state_dict):
+        """torchvision ``vgg16`` (ImageNet) -> ours, for ``MODEL.PRETRAINED``: its 13 convs
+        ``features.{0,2,5,...,28}`` in order to ``down1.conv1`` .. ``down5.conv3`` (the
+        original copies them the same way); the classifier is dropped. Other layouts pass."""
+        if "features.0.weight" not in state_dict:
+            return dict(state_dict)
+        ours = [f"down{i + 1}.conv{j + 1}.cbr_unit.0" for i, d in enumerate(VGG16_DEPTHS)
+                for j in range(d)]
+        convs = sorted({int(k.split(".")[1]) for k in state_dict
+                        if k.startswith("features.") and k.endswith(".weight")
+                        and state_dict[k].dim() == 4})
+        out = {}
+        for name, index in zip(ours, convs):
+            for leaf in ("weight", "bias"):
+                if f"features.{index}.{leaf}" in state_dict:
+                    out[f"{name}.{leaf}"] = state_dict[f"features.{index}.{leaf}"]
+        return out
+
     def forward(self, x: torch.Tensor):
         indices, shapes = [], []
         for i in range(5):
