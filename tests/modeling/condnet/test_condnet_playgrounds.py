@@ -169,3 +169,22 @@ def test_playground_trains_one_iteration_on_cpu(name, toy_dataset, tmp_path, mon
     for term in ("loss_sem_seg", "loss_guidance", "loss_aux"):
         assert latest[term] > 0, term
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_street_scene_variant_and_its_plain_twin_differ_only_in_the_classifier():
+    folder = os.path.join(CONDNET, "DeepLabV3Plus_R18_D8.Tiny.Synthetic")
+    cfg = playground.load_config(folder)
+    assert cfg.MODEL.DEVICE == "cpu" and cfg.MODEL.PRETRAINED == ""
+    assert tuple(cfg.DATASETS.TRAIN) == ("synthetic_cityscapes_train",)
+    _, cond = playground.build(folder, ["MODEL.DEVICE", "cpu"])
+    _, plain = playground.build(folder, ["MODEL.DEVICE", "cpu", "MODEL.CONDNET.CLASSIFIER", "plain"])
+    c, k = cfg.MODEL.CONDNET.CHANNELS, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    sizes = {n: p.shape for n, p in cond.named_parameters()}
+    plain_sizes = {n: p.shape for n, p in plain.named_parameters()}
+    common = {n for n in sizes if not n.startswith("head.classifier.")}
+    assert common == {n for n in plain_sizes if not n.startswith("head.classifier.")}
+    assert all(sizes[n] == plain_sizes[n] for n in common)
+    count = lambda m: sum(p.numel() for n, p in m.named_parameters() if "classifier." in n)  # noqa
+    # guidance 1x1 (K·C + K) + generator (K·(C+1) rows of C inputs, + biases) vs conv_seg K·C + K
+    assert count(cond) == (k * c + k) + (k * (c + 1) * c + k * (c + 1))
+    assert count(plain) == k * c + k
