@@ -1,7 +1,8 @@
 """``ACoSPTrainer``: the pruning trainer (``PruningTrainer``: temperature schedule, soft -> hard
 conversion) with the original's augmentation (``INPUT.SEMSEG_AUG``) and ImageNet initialisation
 of a masked backbone (``MODEL.PRETRAINED`` into ``X.0.weight`` of every masked conv ``X``: the
-original loads the ImageNet weights before it attaches the masks)."""
+original loads the ImageNet weights before it attaches the masks) or of SegNet's encoder from
+the BN-free torchvision ``vgg16``."""
 import logging
 from typing import Dict, List
 
@@ -39,9 +40,11 @@ def semseg_augmentations(cfg) -> List[Augmentation]:
 
 
 def load_pretrained_masked(model: nn.Module, path: str, min_fraction: float = 0.5):
-    """``MODEL.PRETRAINED`` into ``model.backbone`` whose convs carry channel masks: the file's
-    ``X.weight`` / ``X.bias`` of a masked conv go to ``X.0.*``; otherwise as
-    ``load_pretrained_backbone`` (its converter, its report, its error below ``min_fraction``)."""
+    """``MODEL.PRETRAINED`` into ``model.backbone``, whose convs may carry channel masks: the
+    file's ``X.weight`` / ``X.bias`` of a masked conv go to ``X.0.*``. Otherwise as
+    ``load_pretrained_backbone`` (the backbone's converter, the report, an error below
+    ``min_fraction``), except that a file without any BN tensors (VGG-16) is compared on the
+    convs only."""
     from dl_lib.checkpoint.pretrained import (PretrainedWeightsError, _compare, _table,
                                               read_state_dict)
 
@@ -62,7 +65,14 @@ def load_pretrained_masked(model: nn.Module, path: str, min_fraction: float = 0.
         parts = key.rsplit(".", 2)
         return len(parts) == 3 and parts[1] == "1" and parts[0] in masked
 
-    report = _compare({k: v for k, v in model_sd.items() if not is_mask_tensor(k)}, renamed, path)
+    counted = {k: v for k, v in model_sd.items() if not is_mask_tensor(k)}
+    norms = tuple(f"{n}." for n, m in backbone.named_modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    if not any(k.startswith(norms) for k in renamed):
+        # A network without BN (torchvision's vgg16 for SegNet): only the convs are compared;
+        # the BNs keep their initialisation, as the original's copy of the VGG weights.
+        counted = {k: v for k, v in counted.items() if not k.startswith(norms)}
+    report = _compare(counted, renamed, path)
     if report.fraction < min_fraction:
         raise PretrainedWeightsError(
             f"MODEL.PRETRAINED {path} does not fit the masked backbone: {report.summary()} "
@@ -91,12 +101,12 @@ class ACoSPTrainer(PruningTrainer):
         model = getattr(self.model, "module", self.model)
         pretrained = self.cfg.MODEL.PRETRAINED
         resuming = resume and self.checkpointer.has_checkpoint()
-        if not pretrained or resuming or not channel_masks(model):
+        if not pretrained or resuming:
             return super().resume_or_load(resume)
         load_pretrained_masked(model, pretrained)
         was_frozen = self.cfg.is_frozen()
         self.cfg.defrost()
-        self.cfg.MODEL.PRETRAINED = ""  # loaded above, into the masked names
+        self.cfg.MODEL.PRETRAINED = ""  # loaded above (masked names, BN-free VGG files)
         try:
             super().resume_or_load(resume)
         finally:
