@@ -116,6 +116,7 @@ def _worker(rank, world, init_file, out_dir):
     _exit_spawned_worker()
 
 
+@pytest.mark.slow
 def test_masks_across_two_gloo_processes(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
