@@ -115,3 +115,52 @@ def test_compressed_segnet_rebuilds_from_its_architecture(placement):
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.predict_logits(x), masked.predict_logits(x),
                                    atol=1e-4, rtol=1e-4)
+
+
+def test_acosp_trainer_initialises_a_masked_segnet_and_converts_at_the_end_epoch(tmp_path):
+    """The CamVid ACoSP-4 recipe at 1/8 width on four toy images: MODEL.PRETRAINED (a VGG-16
+    layout file of that width) lands in the masked convs, the loader is semseg's, and the masks
+    become hard at iteration END_EPOCH x ITERS_PER_EPOCH."""
+    import os
+
+    from toy_data import write_split
+
+    from dl_lib.data import DatasetCatalog, MetadataCatalog, register_sem_seg
+    from dl_lib.modeling.acosp import ACoSPTrainer
+    from dl_lib.modeling.acosp.recipes import acosp_config
+
+    write_split(str(tmp_path), "train", 4, seed=0, size=(40, 48))
+    name = "acosp_trainer_toy"
+    register_sem_seg(name, str(tmp_path / "train" / "images"), str(tmp_path / "train" / "labels"),
+                     classes=[f"c{i}" for i in range(11)], image_ext=".png")
+    widths = [8, 16, 32, 64, 64]
+    vgg, index, cin = {}, 0, 3
+    for w, depth in zip(widths, (2, 2, 3, 3, 3)):
+        for _ in range(depth):
+            vgg[f"features.{index}.weight"] = torch.randn(w, cin, 3, 3)
+            vgg[f"features.{index}.bias"] = torch.randn(w)
+            cin, index = w, index + 2
+        index += 1  # the max-pool
+    torch.save(vgg, str(tmp_path / "vgg.pth"))
+    try:
+        cfg = acosp_config("SegNet", "CamVid", sparsity=0.75)
+        cfg.merge_from_list([
+            "MODEL.DEVICE", "cpu", "MODEL.PRETRAINED", str(tmp_path / "vgg.pth"),
+            "MODEL.ACOSP.SEGNET_WIDTHS", "[8, 16, 32, 64, 64]", "MODEL.PRUNING.ITERS_PER_EPOCH", "1",
+            "MODEL.PRUNING.END_EPOCH", "2", "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()",
+            "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
+            "SOLVER.LR_SCHEDULER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100",
+            "INPUT.CROP_PAD.SIZE", "[32, 32]", "OUTPUT_DIR", str(tmp_path / "out")])
+        model = build_model(cfg)
+        trainer = ACoSPTrainer(cfg, model)
+        trainer.resume_or_load(resume=False)
+        conv = model.backbone.down4.conv2.cbr_unit[0][0]
+        torch.testing.assert_close(conv.weight, vgg["features.19.weight"])
+        assert cfg.MODEL.PRETRAINED == str(tmp_path / "vgg.pth")  # restored after loading
+        trainer.train()
+        masks = channel_masks(model)
+        assert len(masks) == 25 and all(m.is_hard for m in masks.values())
+        assert os.path.isfile(tmp_path / "out" / "model_final.pth")
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
