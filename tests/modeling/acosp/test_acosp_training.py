@@ -164,3 +164,27 @@ def test_acosp_trainer_initialises_a_masked_segnet_and_converts_at_the_end_epoch
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_compressed_pspnet_rebuilds_from_its_architecture():
+    """PSPNet on the deep-stem ResNet-18 at ACoSP-4, original placement: compressed (the
+    training-only aux head is left dense), rebuilt from MODEL.PRUNING.CHANNELS, same logits."""
+    model = dict(BACKBONE=backbone_config("resnet18"), SEM_SEG_HEAD=dict(NUM_CLASSES=7))
+    torch.manual_seed(0)
+    masked = build_model(cfg_of("ACoSPPSPNet", **model,
+                                PRUNING=dict(ENABLED=True, SPARSITY=0.75))).eval()
+    for m in masked.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.bias.data.uniform_(-0.5, 0.5)
+    to_hard_masks(masked)
+    small = compress(masked, torch.randn(1, 3, 65, 65)).eval()
+    channels = small.architecture()["MODEL.PRUNING.CHANNELS"]
+    rebuilt = build_model(cfg_of("ACoSPPSPNet", **model, PRUNING=dict(CHANNELS=channels))).eval()
+    rebuilt.load_state_dict(small.state_dict(), strict=True)
+    dense_backbone = sum(p.numel() for p in build_model(cfg_of(
+        "ACoSPPSPNet", **model)).backbone.parameters())
+    assert sum(p.numel() for p in rebuilt.backbone.parameters()) < 0.25 * dense_backbone
+    x = torch.randn(1, 3, 57, 73)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.predict_logits(x), masked.predict_logits(x),
+                                   atol=1e-4, rtol=1e-4)
