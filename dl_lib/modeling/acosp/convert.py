@@ -13,8 +13,9 @@ Masked files keep these renames: the original wraps a masked conv ``X`` in ``Seq
 mask)``, so ``X.0.weight`` / ``X.0.bias`` are the conv and ``X.1.*`` the mask: after the
 conversion to hard masks ``X.1.mask`` (0/1), before it ``X.1.weight`` (the logits) plus
 ``X.1.mask`` (a cache of the last training batch's soft mask). Build the model with the pruning
-family's "original" placement (``MODEL.PRUNING.ENABLED True``; ``HARD_MASKS True`` for hard
-files, though a hard file also loads into a soft-masked model). For a soft file the stale cache
+family's "original" placement (``MODEL.PRUNING.ENABLED True``, any ``SPARSITY``: a hard file's
+masks set each layer's k), with ``MODEL.PRUNING.HARD_MASKS True`` for a hard file: a strict load
+(``dl_test``) into soft masks stops on their missing logits. For a soft file the stale cache
 is dropped: our masks are computed from the logits, and the temperature they were last computed
 at is recovered from it (``recover_temperature``) as the layer's ``temperature`` buffer.
 """
