@@ -185,6 +185,17 @@ class ACoSPPSPNet(SemanticSegmentor):
         """Normalised N x 3 x H x W -> N x K x H x W logits (``align_corners=True`` upsampling)."""
         return _upsample(self.head(self.backbone(x)["res5"]), x.shape[-2:])
 
+    def compression_forward(self, x: torch.Tensor):
+        """What ``dl_lib.modeling.pruning.compress`` traces: every output, the training-only aux
+        head included, so that it is compressed with the trunk (its input channels follow
+        res4's) and the compressed network still trains. N x 3 x H x W -> (logits, aux logits)
+        at the backbone's stride (logits alone without the aux head)."""
+        features = self.backbone(x)
+        logits = self.head(features["res5"])
+        if self.head.aux is None:
+            return logits
+        return logits, self.head.auxiliary(features["res4"])
+
     def forward(self, batched_inputs: List[dict]):
         if not self.training or self.head.aux is None or not self.aux_weight:
             return super().forward(batched_inputs)

@@ -167,8 +167,8 @@ def test_acosp_trainer_initialises_a_masked_segnet_and_converts_at_the_end_epoch
 
 
 def test_compressed_pspnet_rebuilds_from_its_architecture():
-    """PSPNet on the deep-stem ResNet-18 at ACoSP-4, original placement: compressed (the
-    training-only aux head is left dense), rebuilt from MODEL.PRUNING.CHANNELS, same logits."""
+    """PSPNet on the deep-stem ResNet-18 at ACoSP-4, original placement: compressed (the aux
+    head with it), rebuilt from MODEL.PRUNING.CHANNELS, same logits, still trains."""
     model = dict(BACKBONE=backbone_config("resnet18"), SEM_SEG_HEAD=dict(NUM_CLASSES=7))
     torch.manual_seed(0)
     masked = build_model(cfg_of("ACoSPPSPNet", **model,
@@ -188,3 +188,14 @@ def test_compressed_pspnet_rebuilds_from_its_architecture():
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.predict_logits(x), masked.predict_logits(x),
                                    atol=1e-4, rtol=1e-4)
+        # The aux head (traced through compression_forward) is compressed too and still agrees.
+        for a, b in zip(masked.compression_forward(x), rebuilt.compression_forward(x)):
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert rebuilt.head.aux[0].in_channels == rebuilt.backbone.layer3[-1].conv2.out_channels < 256
+    rebuilt.train()
+    g = torch.Generator().manual_seed(0)
+    batch = [{"image": torch.randint(0, 256, (3, 33, 33), generator=g, dtype=torch.uint8),
+              "sem_seg": torch.randint(0, 7, (33, 33), generator=g)} for _ in range(2)]
+    losses = rebuilt(batch)  # the compressed network trains on, aux loss included
+    assert set(losses) == {"loss_sem_seg", "loss_aux"}
+    sum(losses.values()).backward()
