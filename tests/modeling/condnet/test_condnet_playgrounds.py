@@ -177,7 +177,8 @@ def test_street_scene_variant_and_its_plain_twin_differ_only_in_the_classifier()
     assert cfg.MODEL.DEVICE == "cpu" and cfg.MODEL.PRETRAINED == ""
     assert tuple(cfg.DATASETS.TRAIN) == ("synthetic_cityscapes_train",)
     _, cond = playground.build(folder, ["MODEL.DEVICE", "cpu"])
-    _, plain = playground.build(folder, ["MODEL.DEVICE", "cpu", "MODEL.CONDNET.CLASSIFIER", "plain"])
+    _, plain = playground.build(folder, ["MODEL.DEVICE", "cpu",
+                                         "MODEL.CONDNET.CLASSIFIER", "plain"])
     c, k = cfg.MODEL.CONDNET.CHANNELS, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     sizes = {n: p.shape for n, p in cond.named_parameters()}
     plain_sizes = {n: p.shape for n, p in plain.named_parameters()}
