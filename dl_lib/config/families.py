@@ -130,14 +130,13 @@ def get_family_config(name: str) -> FamilyConfigFn:
 def add_family_configs(cfg: CfgNode, families: Union[None, str, Iterable[str]]) -> CfgNode:
     """Apply the config functions of ``families`` (a name or names) not yet in ``cfg.FAMILIES``,
     in order, and append their names to ``cfg.FAMILIES``. Returns ``cfg`` (changed in place)."""
-    names = _as_names(families)
-    applied = list(cfg.FAMILIES)
-    for name in names:
-        if name in applied:
+    for name in _as_names(families):
+        if name in cfg.FAMILIES:
             continue
         get_family_config(name)(cfg)
-        applied.append(name)
-    cfg.FAMILIES = applied
+        # Re-read: a family's function may itself apply another family, which records its name.
+        if name not in cfg.FAMILIES:
+            cfg.FAMILIES = list(cfg.FAMILIES) + [name]
     return cfg
 
 

@@ -27,6 +27,23 @@ def add_tiny_gate_test_config(cfg):
     cfg.MODEL.TINY_GATE.GATE_INIT_BIAS = 1.5
 
 
+@register_family_config("tiny_nesting_test")
+def add_tiny_nesting_test_config(cfg):
+    add_tiny_gate_test_config(cfg)  # a family built on another applies it itself
+    cfg.MODEL.TINY_NEST = CfgNode()
+    cfg.MODEL.TINY_NEST.DEPTH = 2
+
+
+def test_a_family_that_applies_another_records_both(tmp_path):
+    cfg = config_from_delta(dict(MODEL=dict(TINY_GATE=dict(GATE_INIT_BIAS=0.25))),
+                            family="tiny_nesting_test")
+    assert cfg.FAMILIES == ["tiny_gate_test", "tiny_nesting_test"]
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.dump())
+    again = load_config_file(str(path))  # the inner family's keys come back on reload
+    assert again.MODEL.TINY_GATE.GATE_INIT_BIAS == 0.25 and again.MODEL.TINY_NEST.DEPTH == 2
+
+
 def test_family_adds_keys_that_a_delta_sets_and_records_its_name():
     cfg = config_from_delta(dict(MODEL=dict(EXITS=dict(NUM_EXITS=4))), family="tiny_exits_test")
     assert cfg.MODEL.EXITS.NUM_EXITS == 4 and cfg.MODEL.EXITS.CONF_THRE == 0.9
