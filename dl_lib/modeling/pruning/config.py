@@ -47,6 +47,10 @@ def add_pruning_config(cfg: CfgNode) -> None:
     cfg.MODEL.PRUNING.LOGIT_WEIGHT_DECAY = 0.0
     # True: the logits join their host's group instead (weight decay, head lr factor: the original).
     cfg.MODEL.PRUNING.LOGITS_FOLLOW_HOST = False
+    # One mask per residual stream: the masks adding into a stage's stream (conv3, downsample)
+    # share the first one's logits, so compression can remove stream channels too (the original
+    # learns them independently: every stream channel some mask keeps stays).
+    cfg.MODEL.PRUNING.TIE_STREAMS = False
     # compressed channel configuration, list of 'module.path=in,out' strings written by compress;
     # empty = dense
     cfg.MODEL.PRUNING.CHANNELS = []

@@ -228,6 +228,23 @@ def prepare_model(cfg, model: nn.Module) -> nn.Module:
                              min_channels=pruning.MIN_CHANNELS,
                              temperature=pruning.TEMPERATURE_START, learnable=pruning.LEARNABLE,
                              logit_group=logit_group)
+        if pruning.TIE_STREAMS:
+            _tie_streams(model)
         if pruning.HARD_MASKS:
             to_hard_masks(model)  # a random top-k until the checkpoint's masks are loaded
     return model
+
+
+def _tie_streams(model: nn.Module) -> None:
+    """``MODEL.PRUNING.TIE_STREAMS``: tie the stream masks, found by tracing a small input in
+    eval mode (batch 1 would break BN's training statistics)."""
+    from .compress import tie_stream_masks
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            groups = tie_stream_masks(model, torch.zeros(1, 3, 33, 33))
+    finally:
+        model.train(was_training)
+    logger.info("MODEL.PRUNING.TIE_STREAMS: %d residual streams share one mask each", len(groups))
