@@ -25,7 +25,7 @@ from dl_lib.modeling.backbone import HighResolutionNet
 from dl_lib.modeling.backbone.hrnet import HighResolutionModule
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KEYS = os.path.join(os.path.dirname(REPO), "shared", "docs", "reference", "keys")
+KEYS = os.path.join(REPO, "tests", "modeling", "anytime")  # copies of reference/keys/anytime_keys_*
 W18_PLAYGROUND = os.path.join(REPO, "playground", "Anytime", "HRNet_W18")
 
 # Reference section 1.5: Bottlenecks of layer1, then per stage 2..4 (modules, blocks, widths).

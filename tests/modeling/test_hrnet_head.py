@@ -25,7 +25,7 @@ from dl_lib.solver import build_optimizer
 from dl_lib.solver.lr_scheduler import build_lr_multiplier
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KEYS = os.path.join(os.path.dirname(REPO), "shared", "docs", "reference", "keys")
+KEYS = os.path.join(REPO, "tests", "modeling", "anytime")  # copies of reference/keys/anytime_keys_*
 ANYTIME = os.path.join(REPO, "playground", "Anytime")
 BRANCHES = ["hr0", "hr1", "hr2", "hr3"]
 WIDTHS = {"w18": [18, 36, 72, 144], "w48": [48, 96, 192, 384]}
