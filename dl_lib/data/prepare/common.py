@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from dl_lib.data.datasets.common import read_mask
+from dl_lib.data.datasets.common import pairs_from_list, read_mask
 
 __all__ = ["PrepareError", "SplitReport", "check_split", "format_values", "format_report",
            "parse_expect_counts", "add_common_arguments", "run_main", "image_size"]
@@ -162,16 +162,15 @@ def run_main(prepare) -> int:
 
 def listed_pairs(ids: Sequence[str], image_dir: str, label_dir: str, image_ext: str, label_ext: str,
                  dataset: str, fix: str) -> List[Tuple[str, str]]:
-    """(image, label) paths for ``ids``; a missing file is a :class:`PrepareError` naming it."""
-    pairs = []
-    for i in ids:
-        image = os.path.join(image_dir, i + image_ext)
-        label = os.path.join(label_dir, i + label_ext)
-        for f in (image, label):
-            if not os.path.isfile(f):
-                raise PrepareError(f"{dataset}: {f!r} is listed but missing. {fix}")
-        pairs.append((image, label))
-    return pairs
+    """(image, label) paths for ``ids``; a missing file is a :class:`PrepareError` naming it.
+
+    The same lookup as the dataset loaders' (:func:`dl_lib.data.datasets.common.pairs_from_list`),
+    so a tree the preparer accepts is one the loader reads; only the error adds ``fix``."""
+    try:
+        dicts = pairs_from_list(ids, image_dir, label_dir, image_ext, label_ext, dataset)
+    except FileNotFoundError as e:
+        raise PrepareError(f"{e} {fix}") from None
+    return [(d["file_name"], d["sem_seg_file_name"]) for d in dicts]
 
 
 def read_list(path: str, dataset: str, fix: str) -> List[str]:

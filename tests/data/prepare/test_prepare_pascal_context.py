@@ -134,5 +134,5 @@ def test_errors(datasets_root, write_png, capsys):
     with pytest.raises(PrepareError, match=r"2008_000002\.jpg' is \(7, 5\) but the json says 8x5"):
         prepare_pascal_context(str(voc2), str(json2), backend="json", expect_counts=None)
     os.remove(voc / "SegmentationClassContext" / "2008_000007.png")
-    with pytest.raises(PrepareError, match=r"2008_000007\.png' is listed but missing.*--json"):
+    with pytest.raises(PrepareError, match=r"2008_000007\.png' is listed in the split file but missing.*--json"):
         prepare_pascal_context(str(voc), None, expect_counts=None)
