@@ -5,6 +5,9 @@
     dl_bench --sizes 512x1024 --batch 1,4 --threads 2 --runs 20 --json bench.json
     dl_bench --fuse-bn --channels-last MODEL.WEIGHTS model_final.pth
     python -m dl_lib.tools.bench ...                    # the same, without the console script
+    dl_bench --exits all --sizes 512x1024               # anytime models: one row per exit
+    dl_bench --exit 2                                   # only exit 2 (as dl_test --exit 2)
+    dl_bench --budgets learned,1,0.5,0.25               # routing models: one row per budget
 
 What is timed: ``model.predict_logits(x)`` (``model(x)`` for models without it) on a random
 normalised ``batch x 3 x H x W`` tensor, the network from its input to the logits at input size
@@ -37,8 +40,35 @@ rounding; ``dl_lib.analysis.fuse_bn``; the norms left unfused are listed); ``--c
 must be at least 1; needs a C++ compiler on the CPU); ``--threads N`` (CPU threads, default
 torch's). Weights: ``MODEL.WEIGHTS`` when set (strict, as ``dl_test``), else the random
 initialisation (said in the output).
+
+Rows per exit and per budget (one table row and one JSON ``rows`` entry per exit or budget, per
+size and batch, each with its own ``gmacs`` beside its latency):
+
+* ``--exits all|none|K[,K...]`` (alias ``--exit``): models with early exits (their config has
+  ``MODEL.EXIT.STOP``, e.g. the anytime family). Exit ``K`` (1-based, 1 = the cheapest) is the
+  model built with ``MODEL.EXIT.STOP K`` and the same weights, as ``dl_test --exit K`` runs it:
+  the time to exit K is the time of a forward that stops there (exits 1..K-1 included, each
+  resized to the input as ``predict_logits`` does). Default for such models: every exit
+  (``all``); ``none``: only the model as built (one row, every exit run).
+* ``--budgets learned|none|F[,F...]``: routing models (a backbone with ``force_gates``, the
+  dynamic routing family). ``learned`` is the model as built (its trained gates, or what
+  ``MODEL.GATE.FIXED_VALUE`` / ``ROUTES_FILE`` force); a fraction ``F`` in (0, 1] forces the
+  first ``round(F x routes)`` routes of one fixed random order of all routes open (gate 1) and
+  the others closed (gate 0): the budgets are nested, so cost falls with ``F``; ``1`` is every
+  route open (the same computation as ``MODEL.GATE.FIXED_VALUE 1``: forced gates skip the gate
+  networks). Default for such models: ``learned,1,0.75,0.5,0.25``.
+
+The timed and the counted input is one seeded normal tensor per size (the GMACs of a routing or
+a confidence-masked model depend on it; batch 1 is the first image of batch N). Threads
+(``torch.get_num_threads()``, also ``interop_threads``), the device and its name (the CPU model
+or the GPU) and the torch version head the table and are in the JSON (``threads``, ``device``,
+``device_name``, ``torch``). JSON ``rows`` (``results`` is the same list, its earlier name):
+``{"exit": K | "budget": "learned" | F, "routes_open", "routes_total", "size", "batch",
+"latency_ms", "fps", "gmacs", "peak_memory_mb", ...}``; ``variants`` says ``"exits"``,
+``"budgets"`` or null; ``num_exits`` for models with exits.
 """
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -48,7 +78,7 @@ import statistics
 import sys
 import time
 import weakref
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from tabulate import tabulate
@@ -63,12 +93,15 @@ from dl_lib.checkpoint import CheckpointReadError
 from dl_lib.config import ConfigError
 from dl_lib.utils.file_io import atomic_write
 
-__all__ = ["main", "build_parser", "parse_sizes", "parse_batches", "benchmark", "format_table",
-           "LiveTensorBytes", "BenchError"]
+__all__ = ["main", "build_parser", "parse_sizes", "parse_batches", "parse_exits", "parse_budgets",
+           "benchmark", "format_table", "example_input", "exit_variants", "budget_variants",
+           "budget_routes", "LiveTensorBytes", "BenchError"]
 
 logger = logging.getLogger("dl_lib.tools.bench")
 
 DEFAULT_SIZES = "1024x2048,1024x1024,512x1024"
+DEFAULT_BUDGETS = "learned,1,0.75,0.5,0.25"
+ROUTE_ORDER_SEED = 0  # the fixed random order in which budgets close routes
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -105,6 +138,47 @@ def parse_batches(text: str) -> List[int]:
     return batches
 
 
+def parse_exits(text: str) -> Optional[List[int]]:
+    """``"all"`` -> ``[]`` (every exit), ``"none"`` -> None (the model as built), ``"1,3"`` ->
+    ``[1, 3]`` (1-based exits, as ``dl_test --exit K``)."""
+    t = text.strip().lower()
+    if t == "all":
+        return []
+    if t == "none":
+        return None
+    try:
+        exits = [int(k) for k in t.split(",")]
+    except ValueError:
+        raise BenchError(f"--exits: {text!r} must be 'all', 'none' or 1-based exits such as "
+                         "1,2,4") from None
+    if min(exits) < 1:
+        raise BenchError(f"--exits: {text!r}: exits are 1-based (1 = the cheapest); give e.g. "
+                         "1,2,4 or 'all'")
+    return exits
+
+
+def parse_budgets(text: str) -> Optional[List]:
+    """``"learned,1,0.5"`` -> ``["learned", 1.0, 0.5]`` (fractions of the routes forced open);
+    ``"none"`` -> None (the model as built, one row)."""
+    if text.strip().lower() == "none":
+        return None
+    budgets: List = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if item == "learned":
+            budgets.append("learned")
+            continue
+        try:
+            f = float(item)
+        except ValueError:
+            f = -1.0
+        if not 0.0 < f <= 1.0:
+            raise BenchError(f"--budgets: {item!r} must be 'learned' or a fraction of the routes "
+                             "kept open in (0, 1], e.g. learned,1,0.5,0.25")
+        budgets.append(f)
+    return budgets
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dl_bench", description="Latency, FPS, peak memory, parameters and GMACs of a "
@@ -123,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["auto", "bf16", "fp16"],
                    help="autocast (auto: fp16 on CUDA, bf16 on the CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the timed call")
+    p.add_argument("--exits", "--exit", default=None, metavar="all|none|K[,K]",
+                   help="models with exits (MODEL.EXIT.STOP): one row per exit, the model "
+                        "stopped there (default all)")
+    p.add_argument("--budgets", default=None, metavar="learned|none|F[,F]",
+                   help="routing models: one row per budget, 'learned' gates or a fraction F of "
+                        f"the routes forced open (default {DEFAULT_BUDGETS})")
     p.add_argument("--no-cost", action="store_true", help="skip the GMAC / authors' counts")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory call")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON")
@@ -234,6 +314,116 @@ def latency_stats(times_ms: List[float], batch: int) -> dict:
             "fps": batch * 1e3 / med if med > 0 else float("inf")}
 
 
+# ------------------------------------------------------------------------------- inputs, exits, budgets
+def example_input(batch: int, height: int, width: int, device=None, seed: int = 0) -> torch.Tensor:
+    """``batch x 3 x height x width`` normal values from a generator seeded with ``seed`` (CPU,
+    then moved): the same tensor for timing and counting, and image 0 of batch N is batch 1."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, height, width, generator=g).to(device or "cpu")
+
+
+class Variant(NamedTuple):
+    """One setting benchmarked as its own rows: ``key`` goes into every JSON row (``{"exit":
+    k}``, ``{"budget": f, ...}``, ``{}``), ``label`` into the table; ``enter()`` is a context
+    manager giving the model in that setting (and restoring the model after)."""
+    key: dict
+    label: str
+    enter: Callable[[], contextlib.AbstractContextManager]
+
+
+def has_exits(cfg) -> bool:
+    """Whether the config's family has early exits that can stop (``MODEL.EXIT.STOP``)."""
+    exit_cfg = cfg.MODEL.get("EXIT")
+    return exit_cfg is not None and "STOP" in exit_cfg
+
+
+def num_exits(model: torch.nn.Module, size: Tuple[int, int]) -> int:
+    """Exits ``predict_logits`` returns (a list for a multi-exit model, else 1), on one call at
+    ``size``."""
+    p = next(iter(model.parameters()), None)
+    x = example_input(1, size[0], size[1], p.device if p is not None else None)
+    call = model.predict_logits if hasattr(model, "predict_logits") else model
+    model.eval()
+    with torch.inference_mode():
+        out = call(x)
+    return len(out) if isinstance(out, (list, tuple)) else 1
+
+
+def exit_variants(path: Optional[str], cfg, model: torch.nn.Module, exits: Sequence[int]
+                  ) -> List[Variant]:
+    """Per exit K, the playground's model built with ``MODEL.EXIT.STOP K`` (built when entered,
+    with ``model``'s weights loaded strictly): what ``dl_test --exit K`` runs."""
+    state = model.state_dict()
+
+    def enter(k: int):
+        @contextlib.contextmanager
+        def stopped():
+            k_cfg = cfg.clone()
+            k_cfg.defrost()
+            k_cfg.MODEL.EXIT.STOP = int(k)
+            k_model = playground.build_model(path, k_cfg)
+            k_model.load_state_dict(state, strict=True)
+            yield k_model.eval()
+        return stopped
+
+    return [Variant({"exit": int(k)}, f"exit {k}", enter(k)) for k in exits]
+
+
+def is_routing(model: torch.nn.Module) -> bool:
+    """A routing model: its backbone forces gates by route (``force_gates``, ``cells()``)."""
+    backbone = getattr(model, "backbone", None)
+    return hasattr(backbone, "force_gates") and hasattr(backbone, "cells")
+
+
+def budget_routes(model: torch.nn.Module, fraction: float, seed: int = ROUTE_ORDER_SEED
+                  ) -> Tuple[Dict[str, Dict[str, float]], int, int]:
+    """``(routes, open, total)``: every route of the routing space (``"<cell>": {"keep" | "up" |
+    "down": gate}``) with the first ``round(fraction x total)`` of one seeded random order open
+    (1.0) and the rest closed (0.0). The order does not depend on ``fraction``, so a smaller
+    budget closes a superset of the routes a larger one closes."""
+    all_routes = [(name, route) for name, cell in model.backbone.cells()
+                  for route in cell.route_index]
+    order = torch.randperm(len(all_routes), generator=torch.Generator().manual_seed(seed))
+    n_open = int(round(fraction * len(all_routes)))
+    open_set = {all_routes[int(i)] for i in order[:n_open]}
+    routes: Dict[str, Dict[str, float]] = {}
+    for name, route in all_routes:
+        routes.setdefault(name, {})[route] = 1.0 if (name, route) in open_set else 0.0
+    return routes, n_open, len(all_routes)
+
+
+def budget_variants(model: torch.nn.Module, budgets: Sequence) -> List[Variant]:
+    """Per budget, ``model`` itself with its gates as built (``"learned"``) or forced by
+    :func:`budget_routes` while entered (the gates as built are restored after)."""
+    net = model.backbone
+    total = sum(len(cell.route_index) for _, cell in net.cells())
+    variants = []
+    for b in budgets:
+        if b == "learned":
+            variants.append(Variant({"budget": "learned", "routes_open": None,
+                                     "routes_total": total}, "learned",
+                                    lambda: contextlib.nullcontext(model)))
+            continue
+        routes, n_open, _ = budget_routes(model, float(b))
+
+        def enter(routes=routes):
+            @contextlib.contextmanager
+            def forced():
+                saved = {name: cell.forced_gates for name, cell in net.cells()}
+                net.force_gates(None, routes)
+                try:
+                    yield model
+                finally:
+                    for name, cell in net.cells():
+                        cell.forced_gates = saved[name]
+            return forced()
+
+        variants.append(Variant({"budget": float(b), "routes_open": n_open,
+                                 "routes_total": total},
+                                f"{100 * float(b):g}% open ({n_open}/{total})", enter))
+    return variants
+
+
 # ------------------------------------------------------------------------------- the benchmark
 def _set_key(cfg, key: str, value) -> None:
     node = cfg
@@ -289,6 +479,20 @@ def _check_options(args, device: torch.device) -> Optional[torch.dtype]:
     return _AMP_DTYPES[name]
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model (``/proc/cpuinfo``; ``platform`` elsewhere)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
@@ -298,11 +502,11 @@ def _describe_device(device: torch.device) -> str:
 def benchmark(model: torch.nn.Module, sizes: Sequence[Tuple[int, int]], batches: Sequence[int],
               runs: int = 20, warmup: int = 3, channels_last: bool = False,
               amp_dtype: Optional[torch.dtype] = None, compile: bool = False,
-              memory: bool = True, log=None) -> List[dict]:
-    """Time ``model`` at every (size, batch); one dict per case (``size``, ``batch``,
-    ``latency_ms`` as :func:`latency_stats`, ``fps``, ``peak_memory_mb``,
+              memory: bool = True, log=None, label: str = "") -> List[dict]:
+    """Time ``model`` at every (size, batch) on :func:`example_input`; one dict per case
+    (``size``, ``batch``, ``latency_ms`` as :func:`latency_stats`, ``fps``, ``peak_memory_mb``,
     ``peak_memory_measure``, ``rss_delta_mb``). ``model`` is put in eval mode; pass it fused
-    and on its device already."""
+    and on its device already. ``label`` prefixes the progress lines (the exit or budget)."""
     log = log or (lambda msg: None)
     model.eval()
     p = next(iter(model.parameters()), None)
@@ -315,12 +519,12 @@ def benchmark(model: torch.nn.Module, sizes: Sequence[Tuple[int, int]], batches:
     cases = [(s, b) for s in sizes for b in batches]
     results = []
     for k, ((h, w), batch) in enumerate(cases, 1):
-        x = torch.randn(batch, 3, h, w, device=device)
+        x = example_input(batch, h, w, device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
                     else _null())
-        tag = f"[{k}/{len(cases)}] {h}x{w} batch {batch}"
+        tag = f"{label + ' ' if label else ''}[{k}/{len(cases)}] {h}x{w} batch {batch}"
         last = [time.perf_counter()]
 
         def progress(i, times, n=runs):
@@ -378,21 +582,30 @@ def _fmt(v: float) -> str:
     return f"{v:.2f}" if abs(v) >= 1 else f"{v:.3g}"
 
 
-def format_table(results: List[dict], params: int, gmacs: Dict[str, float],
-                 paper: Optional[dict]) -> str:
-    """The table ``dl_bench`` prints (one row per case)."""
+def format_table(results: List[dict], params: int, gmacs: Optional[Dict[str, float]] = None,
+                 paper: Optional[dict] = None, key_column: Optional[str] = None) -> str:
+    """The table ``dl_bench`` prints (one row per case; ``key_column`` ``"exit"`` or
+    ``"budget"`` first when the rows are per exit / per budget). GMACs: the row's own
+    ``gmacs``, else ``gmacs[size]``."""
     headers = ["size", "batch", "median ms", "IQR ms", "min-max ms", "FPS", "peak MB",
                "params", "GMACs/image (1e9)"]
+    if key_column:
+        headers.insert(0, key_column)
     if paper:
         headers.append(f"{paper['label']}")
     rows = []
     for r in results:
         lat, size = r["latency_ms"], "{}x{}".format(*r["size"])
         mem = r.get("peak_memory_mb")
+        g = r.get("gmacs")
+        if g is None and gmacs:
+            g = gmacs.get(size)
         row = [size, r["batch"], _fmt(lat["median"]), f"{_fmt(lat['q25'])}-{_fmt(lat['q75'])}",
                f"{_fmt(lat['min'])}-{_fmt(lat['max'])}", _fmt(r["fps"]),
                _fmt(mem) if mem is not None else "-", f"{params:,}",
-               _fmt(gmacs[size]) if size in gmacs else "-"]
+               _fmt(g) if g is not None else "-"]
+        if key_column:
+            row.insert(0, r.get("label", "-") if key_column == "budget" else r.get(key_column, "-"))
         if paper:
             row.append(_fmt(paper["values"][size]) if size in paper["values"] else "-")
         rows.append(row)
@@ -409,6 +622,37 @@ def _load_weights(cfg, model) -> str:
     return f"MODEL.WEIGHTS {weights}"
 
 
+def _variants(args, cfg, model, sizes) -> Tuple[Optional[str], List[Variant], Optional[int]]:
+    """``(kind, variants, number of exits)``: per exit, per budget, or the model as built."""
+    exits = parse_exits(args.exits) if args.exits is not None else []
+    budgets = parse_budgets(args.budgets if args.budgets is not None else DEFAULT_BUDGETS)
+    if args.exits is not None and not has_exits(cfg):
+        raise BenchError(f"--exits {args.exits}: the config of {playground.find_playground(args.playground)} "
+                         "has no MODEL.EXIT.STOP, so its model has no exits that can stop; drop "
+                         "--exits (or run in a playground of a family with exits, e.g. "
+                         "playground/Anytime/...)")
+    if args.budgets is not None and not is_routing(model):
+        raise BenchError(f"--budgets {args.budgets}: {type(model).__name__} is not a routing "
+                         "model (its backbone has no force_gates); drop --budgets (or run in a "
+                         "dynamic routing playground, e.g. playground/Dynamic/...)")
+    if has_exits(cfg) and exits is not None:
+        n = num_exits(model, min(sizes, key=lambda s: s[0] * s[1]))
+        bad = [k for k in exits if k > n]
+        if bad:
+            raise BenchError(f"--exits {args.exits}: the model has {n} exits (1..{n}); "
+                             f"there is no exit {bad[0]}")
+        return "exits", exit_variants(args.playground, cfg, model, exits or range(1, n + 1)), n
+    if is_routing(model) and budgets is not None:
+        return "budgets", budget_variants(model, budgets), None
+    n = num_exits(model, min(sizes, key=lambda s: s[0] * s[1])) if has_exits(cfg) else None
+    return None, [Variant({}, "", lambda: contextlib.nullcontext(model))], n
+
+
+def _count_gmacs(model, sizes, device) -> Dict[str, float]:
+    return {f"{h}x{w}": flop_count(model, inputs=example_input(1, h, w, device),
+                                   convention="gmac").total for h, w in sizes}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``dl_bench``; returns the exit status."""
     parser = build_parser()
@@ -420,6 +664,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log = lambda msg: print(f"dl_bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         sizes, batches = parse_sizes(args.sizes), parse_batches(args.batch)
+        if args.exits is not None:
+            parse_exits(args.exits)
+        if args.budgets is not None:
+            parse_budgets(args.budgets)
         if args.threads is not None:
             if args.threads > (os.cpu_count() or 1):
                 log(f"warning: --threads {args.threads} exceeds the {os.cpu_count()} CPU cores")
@@ -429,55 +677,83 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device = p.device if p is not None else torch.device("cpu")
         amp_dtype = _check_options(args, device)
         source = _load_weights(cfg, model)
+        model.eval()
+        kind, variants, n_exits = _variants(args, cfg, model, sizes)
     except (BenchError, playground.PlaygroundError, ConfigError, CheckpointReadError) as e:
         parser.exit(2, f"dl_bench: error: {e}\n")
-    model.eval()
     pc = count_parameters(model)
     gmacs, paper = {}, None
     if not args.no_cost:
         log("counting GMACs at each size (one forward each)")
-        gmacs = {f"{h}x{w}": flop_count(model, (h, w), "gmac").total for h, w in sizes}
+        gmacs = _count_gmacs(model, sizes, device)
         paper = published_cost(args.playground, cfg, model, sizes)
-    fuse = None
-    timed_model = model
-    if args.fuse_bn:
-        h, w = min(sizes, key=lambda s: s[0] * s[1])
-        example = torch.randn(1, 3, h, w, device=device)
-        try:
-            timed_model, report = fuse_batch_norms(model, example)
-        except FuseError as e:
-            parser.exit(2, f"dl_bench: error: {e}\n")
-        fuse = {"folded": len(report.folded), "left": report.left,
-                "max_abs_diff": report.max_abs_diff}
-        log(str(report))
-    results = benchmark(timed_model, sizes, batches, runs=args.runs, warmup=args.warmup,
-                        channels_last=args.channels_last, amp_dtype=amp_dtype,
-                        compile=args.compile, memory=not args.no_memory, log=log)
+    rows, fuse = [], None
+    for variant in variants:
+        with variant.enter() as v_model:
+            v_gmacs = gmacs
+            if variant.key and not args.no_cost:
+                log(f"{variant.label}: counting GMACs at each size")
+                v_gmacs = _count_gmacs(v_model, sizes, device)
+            timed_model, v_fuse = v_model, None
+            if args.fuse_bn:
+                h, w = min(sizes, key=lambda s: s[0] * s[1])
+                try:
+                    timed_model, report = fuse_batch_norms(v_model, example_input(1, h, w, device))
+                except FuseError as e:
+                    parser.exit(2, f"dl_bench: error: {variant.label + ': ' if variant.label else ''}"
+                                   f"{e}\n")
+                v_fuse = {"folded": len(report.folded), "left": report.left,
+                          "max_abs_diff": report.max_abs_diff}
+                fuse = fuse or v_fuse
+                log((variant.label + ": " if variant.label else "") + str(report))
+            results = benchmark(timed_model, sizes, batches, runs=args.runs, warmup=args.warmup,
+                                channels_last=args.channels_last, amp_dtype=amp_dtype,
+                                compile=args.compile, memory=not args.no_memory, log=log,
+                                label=variant.label)
+        for r in results:
+            row = {**variant.key, **r, "gmacs": v_gmacs.get("{}x{}".format(*r["size"]))}
+            if variant.key:
+                row["label"] = variant.label
+                if v_fuse is not None:
+                    row["fuse_bn"] = v_fuse
+            rows.append(row)
     options = {"runs": args.runs, "warmup": args.warmup, "fuse_bn": args.fuse_bn,
                "channels_last": args.channels_last, "amp": str(amp_dtype).replace("torch.", "")
-               if amp_dtype else None, "compile": args.compile, "inference_mode": True}
+               if amp_dtype else None, "compile": args.compile, "inference_mode": True,
+               "exits": args.exits, "budgets": args.budgets}
+    threads, interop = torch.get_num_threads(), torch.get_num_interop_threads()
     header = [f"Model: {type(model).__name__} ({playground.find_playground(args.playground)}), "
               f"weights: {source}",
-              f"Device: {_describe_device(device)}; torch {torch.__version__}; timed: "
-              "predict_logits under torch.inference_mode, "
+              f"Device: {_describe_device(device)} [{device_name(device)}]; torch "
+              f"{torch.__version__}; timed: predict_logits under torch.inference_mode, "
               + ("CUDA events" if device.type == "cuda" else "time.perf_counter"),
+              f"Threads: {threads} (torch.get_num_threads()), {interop} inter-op",
               "Options: " + ", ".join(f"{k}={v}" for k, v in options.items()),
               f"Parameters: {pc.total:,} ({pc.trainable:,} trainable)"]
+    if kind == "exits":
+        header.append(f"Rows per exit ({n_exits} exits): exit K = the model built with "
+                      "MODEL.EXIT.STOP K (dl_test --exit K), timed to its last logits")
+    elif kind == "budgets":
+        header.append("Rows per budget: learned = the gates as built; F% open = that share of "
+                      f"the routes forced open (seeded order {ROUTE_ORDER_SEED}, nested), the "
+                      "rest closed, gate networks skipped")
     if paper:
         header.append(f"{paper['label']}: {paper['unit']}, on the copy with "
                       + ", ".join(f"{k}={v!r}" for k, v in paper["opts"].items())
                       + f" ({paper['params']:,} parameters)")
-    if results and results[0].get("peak_memory_measure"):
-        header.append(f"Peak MB: {results[0]['peak_memory_measure']}")
+    if rows and rows[0].get("peak_memory_measure"):
+        header.append(f"Peak MB: {rows[0]['peak_memory_measure']}")
     print("\n".join(header))
-    print(format_table(results, pc.total, gmacs, paper))
+    key_column = {"exits": "exit", "budgets": "budget"}.get(kind)
+    print(format_table(rows, pc.total, gmacs, paper if not kind else None, key_column))
     if args.json:
         out = {"playground": playground.find_playground(args.playground),
                "model": type(model).__name__, "weights": source,
-               "device": _describe_device(device), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "options": options,
-               "params": pc.total, "params_trainable": pc.trainable,
-               "gmacs": gmacs, "published_cost": paper, "fuse_bn": fuse, "results": results}
+               "device": _describe_device(device), "device_name": device_name(device),
+               "torch": torch.__version__, "threads": threads, "interop_threads": interop,
+               "options": options, "params": pc.total, "params_trainable": pc.trainable,
+               "gmacs": gmacs, "published_cost": paper, "fuse_bn": fuse, "variants": kind,
+               "num_exits": n_exits, "rows": rows, "results": rows}
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with atomic_write(args.json, "w") as f:
             json.dump(out, f, indent=2)
