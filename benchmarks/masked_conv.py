@@ -15,7 +15,8 @@ For every layer (HRNet-W18/W48 branch convs at Cityscapes scale, routing-superne
 
 and reports speedup = dense / masked, the ideal 1/d and the ratio speedup/ideal. Times are
 medians after warm-up, dense and masked calls alternating (so the drift of a shared machine
-cancels in the ratio): wall clock with a fixed thread count on CPU, CUDA events on GPU
+cancels in the ratio): wall clock with a fixed thread count on CPU (or, ``--clock thread``, the
+calling thread's CPU time, for ``--threads 1`` on a loaded machine), CUDA events on GPU
 (cudnn.benchmark on, TF32 as torch's defaults). Forward and forward+backward are reported as
 separate rows (``--mode``). ``--memory-format both`` measures every cell on a channels_last and
 on a contiguous (NCHW) input, each against dense on that same input (row field ``layout``).
@@ -199,11 +200,16 @@ class Timer:
     jobs starting or stopping) hit dense and masked alike and cancel in the per-pair ratio.
     """
 
-    def __init__(self, device: torch.device, min_time: float, min_reps: int, warmup: int):
+    def __init__(self, device: torch.device, min_time: float, min_reps: int, warmup: int,
+                 clock: str = "wall"):
         self.device = device
         self.min_time = min_time
         self.min_reps = min_reps
         self.warmup = warmup
+        # "thread": CPU time of the calling thread (time.thread_time), which other jobs on a
+        # loaded machine do not inflate; meaningful with --threads 1, where every kernel (ours
+        # and oneDNN's) runs on the calling thread.
+        self.clock = time.thread_time if clock == "thread" else time.perf_counter
 
     def _once(self, fn: Callable[[], object]) -> float:
         if self.device.type == "cuda":
@@ -214,9 +220,9 @@ class Timer:
             end.record()
             end.synchronize()
             return start.elapsed_time(end) / 1e3
-        t0 = time.perf_counter()
+        t0 = self.clock()
         fn()
-        return time.perf_counter() - t0
+        return self.clock() - t0
 
     def pair(self, fn_a: Callable[[], object], fn_b: Callable[[], object]) -> tuple[list, list]:
         """Alternating samples of fn_a and fn_b (seconds), after warm-up."""
@@ -305,7 +311,7 @@ def run_sweep(args) -> list[dict]:
     kinds = QUICK_KINDS if args.quick else args.kinds
     print(f"# masked path: {impl.description}")
     print(f"# device={device} (policy key {policy.policy_device(device)}) dtype={args.dtype} "
-          f"threads={torch.get_num_threads()} "
+          f"threads={torch.get_num_threads()} clock={args.clock} "
           f"input={args.input_size[0]}x{args.input_size[1]} batch={args.batch} "
           f"format={args.memory_format} modes={','.join(modes)}")
 
@@ -380,9 +386,9 @@ def run_sweep(args) -> list[dict]:
                         dense_s=[], masked_s=[], module_s=float("nan"),
                         module_vs_dense=float("nan")))
     rounds = max(1, args.rounds)
-    full_timer = Timer(device, args.min_time, args.min_reps, args.warmup)
+    full_timer = Timer(device, args.min_time, args.min_reps, args.warmup, args.clock)
     round_timer = Timer(device, args.min_time / rounds, max(1, math.ceil(args.min_reps / rounds)),
-                        args.warmup)
+                        args.warmup, args.clock)
     t0 = time.perf_counter()
     for r in range(rounds):
         for i, cell in enumerate(cells):
@@ -592,6 +598,7 @@ def save_outputs(rows: list[dict], summary: dict, args) -> list[str]:
     with open(paths[3], "w") as f:
         cfg = summary["config"]
         f.write(f"`{cfg['command']}` ({cfg['device']}, {cfg['dtype']}, {cfg['threads']} threads, "
+                f"{cfg.get('clock', 'wall')} clock, "
                 f"image {cfg['input_size'][0]}x{cfg['input_size'][1]}, batch {cfg['batch']}, "
                 f"{cfg['memory_format']}, torch {cfg['torch']}, {cfg['seconds']} s)\n\n")
         f.write(pivot_tables(rows) + "\n")
@@ -726,6 +733,10 @@ def parse_args(argv=None):
     parser.add_argument("--min-reps", type=int, default=None,
                         help="timed pairs at least (default 7 on CPU, 3 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="default 1 on CPU, 5 on CUDA")
+    parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                        help="CPU timer: wall clock (perf_counter), or the calling thread's CPU "
+                             "time (thread_time; with --threads 1, robust to other jobs on a "
+                             "loaded machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join("output", "benchmarks"))
     parser.add_argument("--from-json", default=None, metavar="PATH",
@@ -773,7 +784,7 @@ def main(argv=None) -> int:
     config = {
         "device": args.device, "policy_device": policy.policy_device(args.device),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "dtype": args.dtype, "threads": torch.get_num_threads(), "clock": args.clock,
         "input_size": list(args.input_size), "batch": args.batch,
         "memory_format": args.memory_format, "torch": torch.__version__,
         "command": " ".join(sys.argv), "seconds": round(time.perf_counter() - start, 1),
@@ -804,7 +815,7 @@ def main(argv=None) -> int:
                 continue
             meta = {"summary": f"python {config['command']} ({args.dtype}, {config['threads']} "
                                f"threads, {mode} break-even, torch {torch.__version__})", **config}
-            # The CPU tables are per ISA: "cpu" (AVX-512 kernels) or "cpu_portable".
+            # The CPU tables are per kernel ISA: "cpu" (AVX-512), "cpu_avx2" or "cpu_portable".
             path = write_policy(be["per_kind"][mode], policy.policy_device(args.device), meta,
                                 mode)
             print(f"# policy thresholds ({mode}) written to {path}")

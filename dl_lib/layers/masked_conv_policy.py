@@ -8,10 +8,12 @@ are measured per (kind, channel bucket, device type):
 * kind: ``"depthwise"`` (in = out = groups), ``"1x1"`` (1x1 kernel, any stride) or ``"kxk"``
   (everything else);
 * channel bucket: ``"le32"``, ``"le64"``, ``"le128"``, ``"gt128"`` on max(in, out) channels;
-* device: ``"cpu"`` (a CPU with AVX-512, where the implicit-GEMM and depthwise kernels run),
-  ``"cpu_portable"`` (other CPUs: the portable gather + GEMM and per-pixel paths, with other
-  break-even points; e.g. at d = 1 the portable depthwise path took 3.4x the dense time, where
-  the AVX-512 one was 1.2x faster than dense) or ``"cuda"``; see :func:`policy_device`;
+* device: ``"cpu"`` (a CPU with AVX-512, where the AVX-512 implicit-GEMM and depthwise kernels
+  run), ``"cpu_avx2"`` (AVX2 + FMA without AVX-512: the AVX2 versions of those kernels, with
+  their own break-even points), ``"cpu_portable"`` (other CPUs: the portable gather + GEMM and
+  per-pixel paths, with other break-even points; e.g. at d = 1 the portable depthwise path took
+  3.4x the dense time, where the AVX-512 one was 1.2x faster than dense) or ``"cuda"``; the CPU
+  key follows the kernel the extension runs (:func:`cpu_kernel`), see :func:`policy_device`;
 
 and per input layout: ``BREAK_EVEN`` / ``BREAK_EVEN_TRAINING`` hold channels_last (NHWC) inputs,
 ``BREAK_EVEN_NCHW`` contiguous (NCHW) ones, for which the CPU kernel pays a transposing copy of
@@ -48,6 +50,7 @@ __all__ = [
     "use_dense",
     "input_layout",
     "policy_device",
+    "cpu_kernel",
     "prefers_channels_last",
     "write_break_even_table",
 ]
@@ -220,12 +223,46 @@ def break_even_density(kind: str, channels: int, device_type: str,
 
 
 def policy_device(device) -> str:
-    """The device key of the tables for ``device``: "cuda", "cpu" when the CPU has AVX-512 (the
-    fast kernels' ISA), else "cpu_portable"."""
+    """The device key of the tables for ``device``: "cuda", or for the CPU the key of the kernels
+    that run there (:func:`cpu_kernel`): "cpu" (AVX-512), "cpu_avx2" or "cpu_portable"."""
     device_type = torch.device(device).type
     if device_type != "cpu":
         return device_type
-    return "cpu" if _cpu_has_avx512() else "cpu_portable"
+    return _CPU_KERNEL_KEYS[_cpu_kernel()]
+
+
+# cpu_kernel() -> policy device key.
+_CPU_KERNEL_KEYS = {"avx512": "cpu", "avx2": "cpu_avx2", "portable": "cpu_portable"}
+
+
+def cpu_kernel() -> str:
+    """Which float32 CPU kernels the masked convolution runs: ``"avx512"``, ``"avx2"`` (AVX2 +
+    FMA) or ``"portable"``, as ``torch.ops.dl_lib.masked_conv_cpu_kernel()`` reports it (the
+    best the CPU supports, or a lower one named by ``DL_LIB_MASKED_CONV_CPU_KERNEL``). Without
+    the compiled extension: what it would choose on this CPU, from PyTorch's CPU detection."""
+    return _cpu_kernel()
+
+
+def _cpu_kernel() -> str:
+    # Fixed for the process (the extension reads the CPU and the environment once); cached since
+    # every masked layer call asks.
+    global _CPU_KERNEL
+    if _CPU_KERNEL is None:
+        from dl_lib._ext import has_compiled_ops
+
+        op = getattr(torch.ops.dl_lib, "masked_conv_cpu_kernel", None) if has_compiled_ops() \
+            else None
+        if op is not None:
+            _CPU_KERNEL = op()
+        elif _cpu_has_avx512():
+            _CPU_KERNEL = "avx512"
+        else:
+            avx2 = torch.backends.cpu.get_cpu_capability().startswith("AVX2")
+            _CPU_KERNEL = "avx2" if avx2 else "portable"
+    return _CPU_KERNEL
+
+
+_CPU_KERNEL: Optional[str] = None
 
 
 def _cpu_has_avx512() -> bool:
@@ -267,8 +304,8 @@ _LAYOUTS = ("nhwc", "nchw")
 _TABLES = {("fwd", "nhwc"): "BREAK_EVEN", ("fwdbwd", "nhwc"): "BREAK_EVEN_TRAINING",
            ("fwd", "nchw"): "BREAK_EVEN_NCHW"}
 _HAND_SET_TABLES = {("fwd", "nhwc"): "HAND_SET", ("fwd", "nchw"): "HAND_SET_NCHW"}
-_DEVICES = ("cpu", "cpu_portable", "cuda")
-_PROVENANCE = re.compile(r"^# (cpu_portable|cpu|cuda): (.*)$")
+_DEVICES = ("cpu", "cpu_avx2", "cpu_portable", "cuda")
+_PROVENANCE = re.compile(r"^# (cpu_portable|cpu_avx2|cpu|cuda): (.*)$")
 
 
 def _provenance(block: str) -> Dict[str, str]:

@@ -24,7 +24,7 @@ def _saved():
 def test_nchw_inputs_use_their_own_threshold(monkeypatch):
     import dl_lib.layers.masked_conv as mc
 
-    monkeypatch.setattr(policy, "_cpu_has_avx512", lambda: True)  # the "cpu" keys below
+    monkeypatch.setattr(policy, "_cpu_kernel", lambda: "avx512")  # the "cpu" keys below
     monkeypatch.setitem(policy.BREAK_EVEN, KEY, 0.9)
     monkeypatch.setitem(policy.BREAK_EVEN_NCHW, KEY, 0.2)
     assert policy.break_even_density("kxk", 64, "cpu", layout="nchw") == 0.2
@@ -76,10 +76,12 @@ def test_generated_nchw_table_is_measured():
 def test_policy_device_keys_the_cpu_tables_by_isa(monkeypatch):
     import dl_lib.layers.masked_conv as mc
 
-    monkeypatch.setattr(policy, "_cpu_has_avx512", lambda: False)
+    monkeypatch.setattr(policy, "_cpu_kernel", lambda: "portable")
     assert policy.policy_device("cpu") == "cpu_portable"
     assert policy.policy_device(torch.device("cuda", 1)) == "cuda"
-    monkeypatch.setattr(policy, "_cpu_has_avx512", lambda: True)
+    monkeypatch.setattr(policy, "_cpu_kernel", lambda: "avx2")
+    assert policy.policy_device("cpu") == "cpu_avx2"
+    monkeypatch.setattr(policy, "_cpu_kernel", lambda: "avx512")
     assert policy.policy_device("cpu") == "cpu"
     # masked_conv2d looks its threshold up under the key of this CPU.
     monkeypatch.setitem(policy.BREAK_EVEN, KEY, 0.9)
@@ -92,7 +94,7 @@ def test_policy_device_keys_the_cpu_tables_by_isa(monkeypatch):
     mask = torch.rand(1, 1, 8, 8) < 0.5
     mc.masked_conv2d(x, w, None, mask, 1, 1, dense_fallback=True)
     assert bool(calls) == (not dl_lib.has_compiled_ops())
-    monkeypatch.setattr(policy, "_cpu_has_avx512", lambda: False)
+    monkeypatch.setattr(policy, "_cpu_kernel", lambda: "portable")
     calls.clear()
     mc.masked_conv2d(x, w, None, mask, 1, 1, dense_fallback=True)
     assert calls, "the portable threshold 0.1 is below d ~ 0.5: dense must run"

@@ -1,4 +1,5 @@
-// AVX-512 implementation of the implicit-GEMM tile (see implicit_gemm.h).
+// AVX-512 implementation of the implicit-GEMM tile (see implicit_gemm.h), and the run-time choice
+// between it, the AVX2 one (implicit_gemm_avx2.cpp) and none (the portable paths).
 //
 // setup.py compiles for the baseline x86-64 ISA, so the kernel is compiled for AVX-512F through a
 // function attribute and only called after a run-time CPU check. Register blocking: R pixels x
@@ -7,7 +8,13 @@
 // i.e. R*NV FMAs for NV + R loads, so it is FMA-bound with the panel streaming from L2.
 #include "masked_conv/cpu/implicit_gemm.h"
 
+#include <c10/util/Exception.h>
+
 #include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include "masked_conv/cpu/implicit_gemm_isa.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -261,11 +268,9 @@ __attribute__((target("avx512f"))) void depthwise_blocks(float* const* dst, int6
 
 }  // namespace
 
-__attribute__((target("avx512f"))) void depthwise_pixels(float* const* dst, int64_t dst_cstride,
-                                                         const float* const* src, int64_t count,
-                                                         int64_t taps, const float* w,
-                                                         const float* bias, int64_t C,
-                                                         bool stream) {
+__attribute__((target("avx512f"))) void avx512_depthwise_pixels(
+    float* const* dst, int64_t dst_cstride, const float* const* src, int64_t count, int64_t taps,
+    const float* w, const float* bias, int64_t C, bool stream) {
   if (taps == 9) {
     depthwise_blocks<9>(dst, dst_cstride, src, count, taps, w, bias, C, stream);
   } else {
@@ -275,7 +280,7 @@ __attribute__((target("avx512f"))) void depthwise_pixels(float* const* dst, int6
 
 // Most of a sparse layer's output is zeros; plain stores would first read every line in (write
 // allocate), doubling the memory traffic of what is the dominant cost of depthwise/1x1 layers.
-__attribute__((target("avx512f"))) void zero_stream(float* p, int64_t n) {
+__attribute__((target("avx512f"))) void avx512_zero_stream(float* p, int64_t n) {
   const __m512 z = _mm512_setzero_ps();
   while (n > 0 && (reinterpret_cast<uintptr_t>(p) & 63) != 0) {
     *p++ = 0.f;
@@ -285,16 +290,9 @@ __attribute__((target("avx512f"))) void zero_stream(float* p, int64_t n) {
   for (; n > 0; --n) *p++ = 0.f;
 }
 
-void stream_fence() { _mm_sfence(); }
-
-bool implicit_gemm_available() {
-  static const bool ok = __builtin_cpu_supports("avx512f");
-  return ok;
-}
-
-void implicit_gemm_tile(const float* const* a, int64_t taps, int64_t cg, const float* panel,
-                        const float* bias, int64_t ncols, float* const* dst,
-                        int64_t dst_cstride, const float* const* next, bool stream) {
+void avx512_tile(const float* const* a, int64_t taps, int64_t cg, const float* panel,
+                 const float* bias, int64_t ncols, float* const* dst, int64_t dst_cstride,
+                 const float* const* next, bool stream) {
   // The row counts must match tile_rows(ncols) in implicit_gemm.h.
   switch ((ncols + 15) / 16) {
     case 1:
@@ -308,21 +306,94 @@ void implicit_gemm_tile(const float* const* a, int64_t taps, int64_t cg, const f
   }
 }
 
-#else  // no AVX-512 kernel on this compiler/architecture
+#endif  // DL_LIB_HAVE_AVX512_KERNEL
 
-bool implicit_gemm_available() { return false; }
+namespace {
 
-void depthwise_pixels(float* const*, int64_t, const float* const*, int64_t, int64_t, const float*,
-                      const float*, int64_t, bool) {}
-
-void zero_stream(float*, int64_t) {}
-
-void stream_fence() {}
-
-void implicit_gemm_tile(const float* const*, int64_t, int64_t, const float*, const float*,
-                        int64_t, float* const*, int64_t, const float* const*, bool) {}
-
+KernelIsa best_isa() {
+#if DL_LIB_HAVE_AVX512_KERNEL
+  if (__builtin_cpu_supports("avx512f")) return KernelIsa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return KernelIsa::kAvx2;
 #endif
+  return KernelIsa::kPortable;
+}
+
+KernelIsa choose_isa() {
+  const KernelIsa best = best_isa();
+  const char* env = std::getenv("DL_LIB_MASKED_CONV_CPU_KERNEL");
+  if (env == nullptr || *env == '\0') return best;
+  const std::string name(env);
+  KernelIsa asked;
+  if (name == "portable") {
+    asked = KernelIsa::kPortable;
+  } else if (name == "avx2") {
+    asked = KernelIsa::kAvx2;
+  } else if (name == "avx512") {
+    asked = KernelIsa::kAvx512;
+  } else {
+    TORCH_CHECK(false, "DL_LIB_MASKED_CONV_CPU_KERNEL=", name,
+                " is not a masked-convolution CPU kernel; use portable, avx2 or avx512 (or unset"
+                " it for the best this CPU runs: ", kernel_isa_name(best), ")");
+  }
+  TORCH_CHECK(static_cast<int>(asked) <= static_cast<int>(best),
+              "DL_LIB_MASKED_CONV_CPU_KERNEL=", name, " asks for a kernel this CPU cannot run; the",
+              " best it runs is ", kernel_isa_name(best), " (unset the variable to use it)");
+  return asked;
+}
+
+}  // namespace
+
+KernelIsa kernel_isa() {
+  static const KernelIsa isa = choose_isa();
+  return isa;
+}
+
+const char* kernel_isa_name(KernelIsa isa) {
+  switch (isa) {
+    case KernelIsa::kAvx512:
+      return "avx512";
+    case KernelIsa::kAvx2:
+      return "avx2";
+    default:
+      return "portable";
+  }
+}
+
+// The dispatchers: callers check implicit_gemm_available() first (kernel_isa() != portable).
+void implicit_gemm_tile(const float* const* a, int64_t taps, int64_t cg, const float* panel,
+                        const float* bias, int64_t ncols, float* const* dst,
+                        int64_t dst_cstride, const float* const* next, bool stream) {
+#if DL_LIB_HAVE_AVX512_KERNEL
+  if (kernel_isa() == KernelIsa::kAvx512) {
+    return avx512_tile(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next, stream);
+  }
+  avx2::tile(a, taps, cg, panel, bias, ncols, dst, dst_cstride, next, stream);
+#endif
+}
+
+void depthwise_pixels(float* const* dst, int64_t dst_cstride, const float* const* src,
+                      int64_t count, int64_t taps, const float* w, const float* bias, int64_t C,
+                      bool stream) {
+#if DL_LIB_HAVE_AVX512_KERNEL
+  if (kernel_isa() == KernelIsa::kAvx512) {
+    return avx512_depthwise_pixels(dst, dst_cstride, src, count, taps, w, bias, C, stream);
+  }
+  avx2::depthwise_pixels(dst, dst_cstride, src, count, taps, w, bias, C, stream);
+#endif
+}
+
+void zero_stream(float* p, int64_t n) {
+#if DL_LIB_HAVE_AVX512_KERNEL
+  if (kernel_isa() == KernelIsa::kAvx512) return avx512_zero_stream(p, n);
+  avx2::zero_stream(p, n);
+#endif
+}
+
+void stream_fence() {
+#if DL_LIB_HAVE_AVX512_KERNEL
+  _mm_sfence();
+#endif
+}
 
 }  // namespace cpu
 }  // namespace ops

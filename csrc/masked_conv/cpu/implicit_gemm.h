@@ -1,6 +1,6 @@
 // Register-blocked float32 micro-kernel of the CPU masked convolution ("implicit GEMM").
 //
-// A tile of tile_rows(ncols) active output pixels x up to kBlockCols output channels of one group
+// A tile of tile_rows(ncols) active output pixels x up to block_cols() output channels of one group
 // is
 //   out[r][o] = bias[o] + sum_{t < taps} sum_{c < cg} a[r * taps + t][c] * panel[t * cg + c][o]
 // where a[r * taps + t] points straight at the cg input channels that tap t of pixel r reads in
@@ -17,22 +17,49 @@ namespace dl_lib {
 namespace ops {
 namespace cpu {
 
-constexpr int kBlockCols = 64;  // output channels per weight panel block
-constexpr int kMaxTileRows = 8;  // the most pixels one tile computes (see tile_rows)
+// The kernels exist for two ISAs, chosen once at run time (kernel_isa()): AVX-512F (16-lane
+// zmm vectors, 32 registers) and AVX2 + FMA (8-lane ymm vectors, 16 registers). The register
+// blocking, the panel block width and the panel padding differ between them, so the weight
+// packing and the tiling ask these functions instead of assuming one ISA.
+enum class KernelIsa { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
 
-// Pixels per tile for a block of `ncols` output channels: 6 x 4 vectors of 16 lanes (64 channels)
-// or 8 x 3 / 8 x 2 / 8 x 1 vectors keep <= 24 accumulators, leaving the other 8 of the 32 zmm
-// registers for the weight vectors and the broadcast input (more rows made GCC spill
-// accumulators to the stack, which halved the throughput). 8 rows is also the most row pointers
-// that stay in general-purpose registers next to the loop's own.
-inline int tile_rows(int64_t ncols) { return ncols > 48 ? 6 : 8; }
+// The ISA of the kernels in use: the best this CPU supports, or a lower one named by the
+// environment variable DL_LIB_MASKED_CONV_CPU_KERNEL ("portable", "avx2" or "avx512"; read once,
+// so benchmarks can time the portable path on a CPU that has the fast one). A name the CPU
+// cannot run, or an unknown name, throws an error saying which values are valid.
+KernelIsa kernel_isa();
+const char* kernel_isa_name(KernelIsa isa);
 
-// True when this CPU can run implicit_gemm_tile (AVX-512F, checked once at run time).
-bool implicit_gemm_available();
+// True when implicit_gemm_tile, depthwise_pixels and zero_stream may be called.
+inline bool implicit_gemm_available() { return kernel_isa() != KernelIsa::kPortable; }
 
-// Columns of the packed panel for a block holding `ncols` (<= kBlockCols) output channels: the
-// block is zero-padded to whole 16-lane vectors.
-inline int64_t panel_width(int64_t ncols) { return (ncols + 15) / 16 * 16; }
+constexpr int kMaxBlockCols = 64;  // the widest block of output channels (AVX-512)
+constexpr int kMaxTileRows = 8;    // the most pixels one tile computes (see tile_rows)
+
+// Output channels per weight panel block: 64 (4 zmm vectors) on AVX-512, 16 (2 ymm vectors) on
+// AVX2, i.e. the channels one tile keeps in registers.
+inline int64_t block_cols() { return kernel_isa() == KernelIsa::kAvx512 ? 64 : 16; }
+
+// Pixels per tile for a block of `ncols` output channels.
+// AVX-512: 6 x 4 vectors of 16 lanes (64 channels) or 8 x 3 / 8 x 2 / 8 x 1 vectors keep <= 24
+// accumulators, leaving the other 8 of the 32 zmm registers for the weight vectors and the
+// broadcast input (more rows made GCC spill accumulators to the stack, which halved the
+// throughput). 8 rows is also the most row pointers that stay in general-purpose registers next
+// to the loop's own.
+// AVX2: 6 x 2 vectors of 8 lanes (16 channels; 12 accumulators + 2 weight vectors + 1 broadcast
+// = 15 of the 16 ymm registers, the layout of the classic Haswell SGEMM micro-kernel), or 8 x 1
+// for a block of <= 8 channels.
+inline int tile_rows(int64_t ncols) {
+  if (kernel_isa() == KernelIsa::kAvx512) return ncols > 48 ? 6 : 8;
+  return ncols > 8 ? 6 : 8;
+}
+
+// Columns of the packed panel for a block holding `ncols` (<= block_cols()) output channels: the
+// block is zero-padded to whole vectors (16 lanes on AVX-512, 8 on AVX2).
+inline int64_t panel_width(int64_t ncols) {
+  const int64_t lanes = kernel_isa() == KernelIsa::kAvx512 ? 16 : 8;
+  return (ncols + lanes - 1) / lanes * lanes;
+}
 
 // One tile (see above).
 //   a:       tile_rows(ncols) * taps pointers (row-major [r][t]), each to cg contiguous floats
@@ -48,6 +75,7 @@ void implicit_gemm_tile(const float* const* a, int64_t taps, int64_t cg, const f
                         const float* const* next, bool stream);
 
 // Depthwise, a chunk of active pixels (same CPU requirement as implicit_gemm_tile):
+// (AVX2: blocks of 8 channels, 4 pixels at a time; see implicit_gemm_avx2.cpp.)
 //   dst[p][c * dst_cstride] = bias[c] + sum_{t < taps} w[t * C + c] * src[p * taps + t][c]
 // src: count * taps pointers (row-major [p][t]) to the C input channels each tap reads, a row of
 // zeros for taps in the padding (no branches in the tap loop); bias may be nullptr.

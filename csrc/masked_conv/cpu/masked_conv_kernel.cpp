@@ -1,6 +1,6 @@
 // CPU kernels of the sparse masked convolution (see masked_conv.h for the conventions).
 //
-// Forward dataflow (float32 on AVX-512 CPUs, general KxK / 1x1 / grouped):
+// Forward dataflow (float32 on AVX-512 or AVX2+FMA CPUs, general KxK / 1x1 / grouped):
 //   1. the active output positions are listed once, in raster order (n, y, x);
 //   2. the output (allocated uninitialised) is cut into work units of about equal cost, each a
 //      range of flat output positions; threads take units from a shared counter inside ONE
@@ -8,16 +8,16 @@
 //      descheduled), zero the inactive positions of the unit with streaming stores and compute
 //      its active ones, so every output element is written exactly once;
 //   3. active pixels are computed in chunks by the implicit-GEMM tile (implicit_gemm.h): 6-8
-//      pixels x 64 output channels in registers, reading each tap straight from the NHWC input
-//      against weight panels packed once per weight (packed_weight_cache.h); no im2col buffer and
-//      no BLAS call. Calling MKL from inside a parallel region nests OpenMP teams (PyTorch turns
-//      MKL's dynamic threading off), which on two busy cores made the previous gather + at::mm
-//      kernel 10-50x slower.
+//      pixels x 64 (AVX-512) or 16 (AVX2) output channels in registers, reading each tap
+//      straight from the NHWC input against weight panels packed once per weight
+//      (packed_weight_cache.h); no im2col buffer and no BLAS call. Calling MKL from inside a
+//      parallel region nests OpenMP teams (PyTorch turns MKL's dynamic threading off), which on
+//      two busy cores made the previous gather + at::mm kernel 10-50x slower.
 // Parallel regions go through cpu::parallel_team / cpu::parallel_for (parallel.h): the extension
 // is compiled without -fopenmp, where at::parallel_for silently runs serially.
 // Depthwise (Cg == 1, Og == 1) walks the active pixels of each unit with channel-vectorised
 // FMAs, prefetching the taps of the pixel a few positions ahead.
-// float64, or CPUs without AVX-512: gather NHWC im2col rows + at::mm_out, chunks run serially so
+// float64, or CPUs without AVX2+FMA: gather NHWC im2col rows + at::mm_out, chunks run serially so
 // the BLAS may use all threads.
 //
 // masked_conv2d_out runs the same kernels into a caller's tensor and skips the zeros (a model that
@@ -37,6 +37,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -414,9 +415,10 @@ void zero_inactive(scalar_t* op, const OutStrides& os, const Geometry& g,
   if (cpu::implicit_gemm_available()) cpu::stream_fence();
 }
 
-// Weight [O, Cg, kh, kw] -> per group, per block of kBlockCols output channels, a panel
-// [kh*kw*Cg, panel_width] (tap-major, channel-minor rows like an NHWC im2col row; zero-padded
-// columns). Block (grp, nb) starts at (grp * nblocks + nb) * kh*kw*Cg * kBlockCols, all blocks
+// Weight [O, Cg, kh, kw] -> per group, per block of bc = cpu::block_cols() output channels (the
+// kernel ISA's block width), a panel [kh*kw*Cg, panel_width] (tap-major, channel-minor rows like
+// an NHWC im2col row; zero-padded columns). Block (grp, nb) starts at
+// (grp * nblocks + nb) * kh*kw*Cg * bc, all blocks
 // but a group's last being full. Plain loops rather than ATen's permute + contiguous, in one
 // parallel region (units of one block x one input channel) since it is on the
 // critical path whenever the weight is not in the packed-weight cache (training, first call).
@@ -424,17 +426,18 @@ std::vector<float> pack_panels(const at::Tensor& weight, const Geometry& g, int6
   const at::Tensor wc = weight.contiguous();
   const float* w = wc.const_data_ptr<float>();
   const int64_t taps = g.taps(), K = g.row_len();
-  std::vector<float> panels(static_cast<size_t>(g.G * nblocks * K * cpu::kBlockCols), 0.f);
+  const int64_t bc = cpu::block_cols();
+  std::vector<float> panels(static_cast<size_t>(g.G * nblocks * K * bc), 0.f);
   const int64_t units = g.G * nblocks * g.Cg;
   std::atomic<int64_t> next{0};
   cpu::parallel_team([&](int64_t, int64_t) {
     for (int64_t u = next++; u < units; u = next++) {
       const int64_t c = u % g.Cg, blk_idx = u / g.Cg;
       const int64_t grp = blk_idx / nblocks, nb = blk_idx % nblocks;
-      const int64_t o0 = grp * g.Og + nb * cpu::kBlockCols;
-      const int64_t nc = std::min<int64_t>(cpu::kBlockCols, g.Og - nb * cpu::kBlockCols);
+      const int64_t o0 = grp * g.Og + nb * bc;
+      const int64_t nc = std::min<int64_t>(bc, g.Og - nb * bc);
       const int64_t ld = cpu::panel_width(nc);
-      float* blk = panels.data() + blk_idx * K * cpu::kBlockCols;
+      float* blk = panels.data() + blk_idx * K * bc;
       // The nc weight rows are read side by side in memory order (tap), so the read streams
       // are sequential; each (c, tap) fills one panel row.
       for (int64_t t = 0; t < taps; ++t) {
@@ -447,26 +450,27 @@ std::vector<float> pack_panels(const at::Tensor& weight, const Geometry& g, int6
   return panels;
 }
 
-// Float32 forward through the AVX-512 implicit-GEMM tile (implicit_gemm.h): one parallel region
-// per call, each thread computing its range of active pixels in chunks (tap pointers built once
-// per chunk, weight blocks reused across the chunk's tiles while they sit in L2) and zeroing the
-// inactive positions of its range.
+// Float32 forward through the AVX-512 or AVX2 implicit-GEMM tile (implicit_gemm.h): one
+// parallel region per call, each thread computing its range of active pixels in chunks (tap
+// pointers built once per chunk, weight blocks reused across the chunk's tiles while they sit in
+// L2) and zeroing the inactive positions of its range.
 // zero_rest == false (masked_conv2d_out): the inactive positions keep what `out` held.
 void forward_implicit_gemm(const at::Tensor& x, const at::Tensor& weight, const float* bias,
                            const Geometry& g, const std::vector<int64_t>& pos, at::Tensor& out,
                            bool zero_rest) {
   constexpr int64_t RMAX = cpu::kMaxTileRows;
   const int64_t taps = g.taps();
-  const int64_t nblocks = (g.Og + cpu::kBlockCols - 1) / cpu::kBlockCols;
-  // Cached across calls while the weight is unchanged (packed_weight_cache.h); `layout` = G, the
-  // only packing parameter that the weight's shape does not fix.
-  const cpu::PackedPanels panels =
-      cpu::packed_weight(weight, g.G, [&] { return pack_panels(weight, g, nblocks); });
-  std::vector<float> bias_pad(static_cast<size_t>(g.G * nblocks * cpu::kBlockCols), 0.f);
+  const int64_t bc = cpu::block_cols();  // output channels per panel block (per ISA)
+  const int64_t nblocks = (g.Og + bc - 1) / bc;
+  // Cached across calls while the weight is unchanged (packed_weight_cache.h); `layout` names
+  // G and the block width, the packing parameters that the weight's shape does not fix.
+  const cpu::PackedPanels panels = cpu::packed_weight(
+      weight, g.G * cpu::kMaxBlockCols + bc, [&] { return pack_panels(weight, g, nblocks); });
+  std::vector<float> bias_pad(static_cast<size_t>(g.G * nblocks * bc), 0.f);
   if (bias) {
     for (int64_t grp = 0; grp < g.G; ++grp) {
       for (int64_t o = 0; o < g.Og; ++o) {
-        bias_pad[grp * nblocks * cpu::kBlockCols + o] = bias[grp * g.Og + o];
+        bias_pad[grp * nblocks * bc + o] = bias[grp * g.Og + o];
       }
     }
   }
@@ -557,10 +561,10 @@ void forward_implicit_gemm(const at::Tensor& x, const at::Tensor& weight, const 
         }
         // Block-outer, tile-inner: a weight block is reused by all tiles of the chunk.
         for (int64_t nb = nb0; nb < nb1; ++nb) {
-          const int64_t c0 = nb * cpu::kBlockCols;
-          const int64_t nc = std::min<int64_t>(cpu::kBlockCols, g.Og - c0);
-          const float* panel = pp + (grp * nblocks + nb) * taps * g.Cg * cpu::kBlockCols;
-          const float* bp = bias_pad.data() + (grp * nblocks + nb) * cpu::kBlockCols;
+          const int64_t c0 = nb * bc;
+          const int64_t nc = std::min<int64_t>(bc, g.Og - c0);
+          const float* panel = pp + (grp * nblocks + nb) * taps * g.Cg * bc;
+          const float* bp = bias_pad.data() + (grp * nblocks + nb) * bc;
           for (int64_t r = 0; r < nr_pad; ++r) {
             s.dst[r] = s.base[r] ? s.base[r] + c0 * os.c : nullptr;
           }
@@ -576,7 +580,7 @@ void forward_implicit_gemm(const at::Tensor& x, const at::Tensor& weight, const 
   });
 }
 
-// Portable forward (float64, or CPUs without AVX-512): gather NHWC im2col rows of a chunk,
+// Portable forward (float64, or CPUs without AVX2+FMA): gather NHWC im2col rows of a chunk,
 // at::mm_out against the packed weight, scatter. The chunks run one after another on the calling
 // thread and each GEMM uses the BLAS's own threads: calling MKL inside at::parallel_for nests
 // OpenMP teams (PyTorch disables MKL's dynamic threading), which oversubscribes the cores.
@@ -733,7 +737,7 @@ void forward_depthwise(const at::Tensor& x, const at::Tensor& wdw, const scalar_
       return;
     }
   }
-  // Portable path (double, or no AVX-512): pixel by pixel. The work per pixel is tiny, so it
+  // Portable path (double, or no AVX2+FMA): pixel by pixel. The work per pixel is tiny, so it
   // waits on memory: the taps of scattered pixels are short runs the hardware prefetchers miss.
   // Prefetch the taps of the pixel kAhead positions on; the tap pointers of each pixel are
   // computed once, when it is prefetched, into a ring of kAhead + 1 slots.
@@ -1115,6 +1119,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
   return masked_conv2d_backward_cpu_impl(grad_output, input, weight, mask, stride_h, stride_w,
                                          pad_h, pad_w, dilation_h, dilation_w, groups,
                                          output_mask);
+}
+
+// torch.ops.dl_lib.masked_conv_cpu_kernel(): which float32 CPU kernels run, "avx512", "avx2" or
+// "portable" (see cpu::kernel_isa(); the policy keys its break-even tables by it).
+std::string masked_conv_cpu_kernel() { return cpu::kernel_isa_name(cpu::kernel_isa()); }
+
+TORCH_LIBRARY_FRAGMENT(dl_lib, m) {
+  m.def("masked_conv_cpu_kernel() -> str", &masked_conv_cpu_kernel);
 }
 
 TORCH_LIBRARY_IMPL(dl_lib, CPU, m) {
