@@ -39,6 +39,7 @@ import sys
 import time
 from typing import Callable, Dict, List
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -119,7 +120,7 @@ def cpu_medians() -> Dict[str, float]:
     return {n: statistics.median(v) for n, v in CPU_TIMES.items()}
 
 
-def bench_eval(args) -> List[dict]:
+def bench_eval(args, peak=None) -> List[dict]:
     ref = original_reference()
     full = build_model(mfaranet_cfg()).eval()
     randomize_norms(full)
@@ -165,7 +166,8 @@ def bench_eval(args) -> List[dict]:
         med = {n: statistics.median(t) for n, t in times.items()}
         row = {"size": [h, w], "threads": torch.get_num_threads(), "runs": args.runs,
                "median_s": med, "times_s": times, "cpu_median_s": cpu_medians(),
-               "cpu_times_s": dict(CPU_TIMES), "gmacs": macs, "load": load_average()}
+               "cpu_times_s": dict(CPU_TIMES), "gmacs": macs, "load": load_average(),
+               "conv_peak_gmac_s": peak}
         if torch.get_num_threads() == 1:  # the CPU time is the steadier measure here
             med = row["cpu_median_s"]
         if "Branch2" in med and "ours" in med:
@@ -181,12 +183,17 @@ def bench_eval(args) -> List[dict]:
 def print_eval(row: dict) -> None:
     """Wall medians; with one thread also CPU medians, and the ratios from those."""
     one = row["threads"] == 1
-    print("| size | variant | median s | cpu s | vs original |\n|---|---|---|---|---|")
+    print("| size | variant | median s | cpu s | vs original | GMAC/s | of conv peak |\n"
+          "|---|---|---|---|---|---|---|")
     ref = row["cpu_median_s" if one else "median_s"]
+    peak = row.get("conv_peak_gmac_s")
     for n, t in row["median_s"].items():
         rel = f"{ref[n] / ref['original']:.2f}" if "original" in ref else "-"
         cpu = f"{row['cpu_median_s'][n]:.3f}" if one else "-"
-        print(f"| {row['size'][0]}x{row['size'][1]} | {n} | {t:.3f} | {cpu} | {rel} |")
+        rate = row["gmacs"]["Branch2" if n == "Branch2" else "full"] / ref[n]
+        frac = f"{rate / peak:.0%}" if peak else "-"
+        print(f"| {row['size'][0]}x{row['size'][1]} | {n} | {t:.3f} | {cpu} | {rel} | "
+              f"{rate:.1f} | {frac} |")
     if "eff" in row:
         print(f"Branch2: speedup {row['branch2_speedup']:.3f} x, MAC ratio "
               f"{row['mac_ratio']:.3f} ({row['gmacs']['full']:.2f} / "
@@ -194,7 +201,7 @@ def print_eval(row: dict) -> None:
               flush=True)
 
 
-def bench_train_step(args) -> dict:
+def bench_train_step(args, peak=None) -> dict:
     from dl_lib.solver import build_optimizer
 
     ref = original_reference()
@@ -202,6 +209,9 @@ def bench_train_step(args) -> dict:
     cfg.SOLVER.OPTIMIZER.MOMENTUM = 0.9
     cfg.SOLVER.OPTIMIZER.WEIGHT_DECAY = 5e-4
     model = build_model(cfg).train()
+    with torch.no_grad():  # boundary logits around 1: both losses select pixels (no NaN)
+        for head in model.head.boundary_heads:
+            head.bias.fill_(1.0)
     opt = build_optimizer(cfg, model)
     g = torch.Generator().manual_seed(0)
     (h, w), n = args.train_size, 2
@@ -229,47 +239,99 @@ def bench_train_step(args) -> dict:
         ce_all(model.forward_logits(x)).backward()
         opt.step()
 
-    # the original's computation: the restated forward, BN in training mode (batch statistics,
-    # running statistics updated), plain SGD over every tensor that requires grad
-    class TrainW(ref._W):
-        def bn(self, prefix, t):
-            p = self.name(prefix)
-            return F.batch_norm(t, self.sd[p + ".running_mean"], self.sd[p + ".running_var"],
-                                self.sd[p + ".weight"], self.sd[p + ".bias"], True, 0.1, ref.EPS)
-
-    ref._W = TrainW
+    # the original's training: its forward with BN on batch statistics and the attention
+    # dropout, its joint loss (OHEM, numpy-weighted BCE, histogram-weighted attention CE), the
+    # argmax it returns, plain SGD over every tensor that requires grad; the boundary GT comes
+    # from its data loader (one sample at a time, timed apart: loader workers run it)
     param_names = {k for k, _ in model.named_parameters()}
     sd = to_released({k: (v.detach().clone().requires_grad_(True) if k in param_names
                           else v.detach().clone()) for k, v in model.state_dict().items()})
     orig_opt = torch.optim.SGD([v for v in sd.values() if v.requires_grad], lr=0.005,
                                momentum=0.9, weight_decay=5e-4)
 
+    def loader_boundaries():
+        return torch.from_numpy(np.stack([ref.original_boundary_target(lab.numpy())
+                                          for lab in labels]))
+
+    boundaries = loader_boundaries()
+
+    def original():
+        orig_opt.zero_grad()
+        out = ref.original_forward(sd, x, train=True)
+        out["out"].max(1)
+        ref.original_training_loss(out, labels, boundaries)["total"].backward()
+        orig_opt.step()
+
     def original_ce():
         orig_opt.zero_grad()
-        out = ref.original_forward(sd, x)
+        out = ref.original_forward(sd, x, train=True)
         ce_all(out["branches"] + [out["out"]]).backward()
         orig_opt.step()
 
-    fns = {"ours": ours, "ours CE": ours_ce, "original CE": original_ce}
+    from dl_lib.modeling.mfaranet.losses import boundary_targets
+
+    fns = {"ours": ours, "original": original, "ours CE": ours_ce, "original CE": original_ce,
+           "ours boundary GT": lambda: boundary_targets(labels),
+           "original loader boundary GT": loader_boundaries}
+    with torch.no_grad():
+        terms = ref.original_training_loss(ref.original_forward(sd, x, train=True), labels,
+                                           boundaries)
     print(f"training step {n}x3x{h}x{w}, {torch.get_num_threads()} threads, losses of ours: "
-          f"{sorted(model(batch))}", flush=True)
+          f"{sorted(model(batch))}; original's total at the start {terms['total'].item():.3f}",
+          flush=True)
     times = interleaved(fns, args.train_runs, 1)
     med = {k: statistics.median(v) for k, v in times.items()}
     cpu = cpu_medians()
     one = torch.get_num_threads() == 1
-    ref = cpu if one else med
-    print("| variant | median s | cpu s | vs original CE |\n|---|---|---|---|")
+    ref_t = cpu if one else med
+    # forward + backward ~ 3 x the forward's conv MACs (input and weight gradients)
+    step_gmac = 3 * n * flop_count(model, (h // 4, w // 4), "gmac").raw * 16 / 1e9
+    print(f"| variant | median s | cpu s | vs original | GMAC/s (3 x forward {step_gmac / 3:.2f} "
+          "GMAC) | of conv peak |\n|---|---|---|---|---|---|")
     for k, v in med.items():
-        print(f"| {k} | {v:.3f} | {f'{cpu[k]:.3f}' if one else '-'} | "
-              f"{ref[k] / ref['original CE']:.2f} |")
+        vs = (f"{ref_t[k] / ref_t['original']:.2f}" if "GT" not in k else
+              f"{ref_t[k] / ref_t['original loader boundary GT']:.2f}")
+        rate = step_gmac / ref_t[k] if "GT" not in k else None
+        frac = f"{rate / peak:.0%}" if rate and peak else "-"
+        print(f"| {k} | {v:.3f} | {f'{cpu[k]:.3f}' if one else '-'} | {vs} | "
+              f"{f'{rate:.1f}' if rate else '-'} | {frac} |")
     return {"median_s": med, "times_s": times, "cpu_median_s": cpu, "cpu_times_s": dict(CPU_TIMES),
-            "threads": torch.get_num_threads(), "load": load_average()}
+            "threads": torch.get_num_threads(), "load": load_average(),
+            "step_gmac_approx": step_gmac}
+
+
+def conv_peak(args) -> float:
+    """GMAC/s of large dense 3x3 convolutions (the library's hot path: mkldnn, NCHW, fp32) at
+    this thread count under inference mode: the best of a 128 -> 128 conv at 128x256 (the
+    decoder's) and a 256 -> 256 conv at 64x128 (res4's), median of ``args.runs`` calls each.
+    What no network made of these convolutions can beat on this CPU."""
+    best = 0.0
+    for c, (h, w) in ((128, (128, 256)), (256, (64, 128))):
+        conv = nn.Conv2d(c, c, 3, padding=1, bias=False).eval()
+        x = torch.randn(1, c, h, w)
+        gmac = c * c * 9 * h * w / 1e9
+        with torch.inference_mode():
+            times = interleaved({f"conv3x3 {c}->{c} at {h}x{w}": lambda: conv(x)},
+                                max(args.runs, 3), 2, log=lambda *_: None)
+        t = statistics.median(next(iter(
+            (CPU_TIMES if torch.get_num_threads() == 1 else times).values())))
+        print(f"conv peak: 3x3 {c}->{c} at {h}x{w}: {gmac:.3f} GMAC in {t * 1e3:.1f} ms = "
+              f"{gmac / t:.1f} GMAC/s ({torch.get_num_threads()} threads, "
+              f"{'CPU' if torch.get_num_threads() == 1 else 'wall'} time)", flush=True)
+        best = max(best, gmac / t)
+    print(f"conv peak: {best:.1f} GMAC/s; the issue's 0.55 s eval at 512x1024 (54.54 GMAC) "
+          f"would need {54.54 / 0.55:.1f} GMAC/s = {54.54 / 0.55 / best:.2f} x this peak",
+          flush=True)
+    return best
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--eval", action="store_true")
     p.add_argument("--train-step", action="store_true")
+    p.add_argument("--conv-peak", action="store_true",
+                   help="GMAC/s of large dense 3x3 convs at --threads (also the %% of it each "
+                        "variant reaches)")
     p.add_argument("--sizes", default="512x1024,1024x2048")
     p.add_argument("--variants", nargs="*", default=None, help="subset of the eval variants")
     p.add_argument("--runs", type=int, default=5)
@@ -284,10 +346,13 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     out = {"torch": torch.__version__, "threads": args.threads, "load_start": load_average()}
+    peak = None
+    if args.conv_peak:
+        peak = out["conv_peak_gmac_s"] = conv_peak(args)
     if args.eval:
-        out["eval"] = bench_eval(args)
+        out["eval"] = bench_eval(args, peak)
     if args.train_step:
-        out["train_step"] = bench_train_step(args)
+        out["train_step"] = bench_train_step(args, peak)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

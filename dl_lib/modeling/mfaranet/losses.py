@@ -72,22 +72,33 @@ def ohem_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index:
     pixel is used (plain cross-entropy), as the original. Probabilities only select pixels:
     no gradient flows through the selection.
     """
+    return _ohem_nll(F.log_softmax(logits, dim=1), labels, ignore_index, threshold, min_kept)
+
+
+def _ohem_nll(log_probs: torch.Tensor, labels: torch.Tensor, ignore_index: int,
+              threshold: float, min_kept: int) -> torch.Tensor:
+    """:func:`ohem_cross_entropy` on N×K×H×W log-softmax ``log_probs`` (which the loss shares
+    with the attention term: one softmax and one softmax backward per branch, not three)."""
     valid = labels != ignore_index
     num_valid = int(valid.sum())
     if num_valid == 0:
-        return _zero(logits)
+        return _zero(log_probs)
     if num_valid < min_kept:
-        return F.cross_entropy(logits, labels, ignore_index=ignore_index)
+        return F.nll_loss(log_probs, labels, ignore_index=ignore_index)
     with torch.no_grad():
         safe = labels.masked_fill(~valid, 0)
-        prob = F.softmax(logits.float(), dim=1).gather(1, safe[:, None])[:, 0]  # N×H×W
+        prob = log_probs.gather(1, safe[:, None])[:, 0].float().exp()  # N×H×W
         t = torch.tensor(float(threshold), device=prob.device)
         if min_kept > 0:
-            kth = torch.kthvalue(prob[valid], min_kept).values
+            # ignored pixels as 2 (above every probability): the min_kept-th smallest of the
+            # whole map is that of the valid pixels, without gathering them first
+            kth = torch.kthvalue(prob.masked_fill(~valid, 2.0).flatten(), min_kept).values
             t = torch.maximum(t, kth)
         kept = valid & (prob <= t)
-    return masked_mean_cross_entropy(logits, labels.masked_fill(~kept, ignore_index),
-                                     ignore_index)
+    if not bool(kept.any()):
+        return _zero(log_probs)
+    return F.nll_loss(log_probs, labels.masked_fill(~kept, ignore_index),
+                      ignore_index=ignore_index)
 
 
 def balanced_boundary_bce(boundary_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -120,11 +131,18 @@ def boundary_attention_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     cross-entropy of its kept pixels, and the losses of the images are **summed** (not
     averaged), as the original. An image without a kept pixel adds 0 (the original: NaN).
     """
-    n, k = logits.shape[:2]
+    return _attention_nll(F.log_softmax(logits, dim=1), labels, boundary_logits, ignore_index,
+                          threshold)
+
+
+def _attention_nll(log_probs: torch.Tensor, labels: torch.Tensor, boundary_logits: torch.Tensor,
+                   ignore_index: int, threshold: float) -> torch.Tensor:
+    """:func:`boundary_attention_cross_entropy` on N×K×H×W log-softmax ``log_probs``."""
+    n, k = log_probs.shape[:2]
     marked = boundary_logits.reshape(labels.shape) > threshold
     kept = marked & (labels != ignore_index) & (labels < k)
     if not bool(kept.any()):
-        return _zero(logits)
+        return _zero(log_probs)
     with torch.no_grad():
         target = labels.masked_fill(~kept, 0)
         counts = torch.zeros(n, k, device=labels.device, dtype=torch.float32)
@@ -132,7 +150,7 @@ def boundary_attention_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
         freq = counts / counts.sum(1, keepdim=True).clamp(min=1)
         class_weight = torch.where(counts > 0, 2.0 - freq, torch.ones_like(freq))  # N×K
         pixel_weight = class_weight.gather(1, target.flatten(1)) * kept.flatten(1)  # N×HW
-    nll = F.cross_entropy(logits, target, reduction="none").flatten(1)  # N×HW
+    nll = F.nll_loss(log_probs, target, reduction="none").flatten(1)  # N×HW
     pixel_weight = pixel_weight.to(nll.dtype)
     per_image = (nll * pixel_weight).sum(1) / pixel_weight.sum(1).clamp(min=1e-12)
     return per_image.sum()
@@ -201,15 +219,15 @@ class MFARANetLoss:
                 _upsample(fused, size), labels, self.ignore_index)
         edges = boundary_targets(labels, self.boundary_kernel) if boundaries else None
         for b in sorted(branches):
-            scores = _upsample(branches[b], size)
-            losses[f"loss_branch{b}"] = ohem_cross_entropy(
-                scores, labels, self.ignore_index, self.ohem_threshold, self.ohem_min_kept)
+            log_probs = F.log_softmax(_upsample(branches[b], size), dim=1)
+            losses[f"loss_branch{b}"] = _ohem_nll(
+                log_probs, labels, self.ignore_index, self.ohem_threshold, self.ohem_min_kept)
             if b not in boundaries:
                 continue
             edge_logits = _upsample(boundaries[b], size)
             losses[f"loss_boundary{b}"] = self.boundary_weight * balanced_boundary_bce(
                 edge_logits, edges)
             losses[f"loss_boundary_attention{b}"] = (
-                self.attention_weight * boundary_attention_cross_entropy(
-                    scores, labels, edge_logits, self.ignore_index, self.attention_threshold))
+                self.attention_weight * _attention_nll(
+                    log_probs, labels, edge_logits, self.ignore_index, self.attention_threshold))
         return losses
