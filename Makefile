@@ -12,7 +12,7 @@ CUDA_HOME ?= $(shell tools/find_cuda_home.sh)
 export CUDA_HOME
 PYTEST_ARGS ?=
 
-.PHONY: setup build test demo cuda-check bench clean
+.PHONY: setup build test demo figures cuda-check bench clean
 
 setup: $(VENV)/.stamp-deps $(VENV)/.stamp-install build
 
@@ -48,6 +48,11 @@ test: setup
 # wait for the ~2.5 min build of dl_lib._C: that keeps `make demo` on a fresh clone within 10 min.
 demo: $(VENV)/.stamp-deps $(VENV)/.stamp-install
 	$(PY) tools/demo.py
+
+# Every picture README.md shows, into docs/figures/ (short CPU runs of the Tiny playgrounds;
+# ~10-15 min on 2 idle cores). `tools/make_readme_figures.py --list` names each one's command.
+figures: $(VENV)/.stamp-deps $(VENV)/.stamp-install
+	$(PY) tools/make_readme_figures.py
 
 bench: setup
 	$(PY) benchmarks/masked_conv.py
