@@ -183,6 +183,9 @@ _C.TEST.PRECISE_BN.ENABLED = False
 _C.TEST.PRECISE_BN.NUM_ITER = 200
 # Write image | ground truth | prediction panels for this many images after evaluation.
 _C.TEST.VIS_NUM_IMAGES = 0
+# During training, TensorBoard images (image | prediction over it | ground truth) of this many
+# test images at every evaluation (dl_lib.engine.tensorboard); 0 = none.
+_C.TEST.VIS_IMAGES = 2
 # Executed cost per image counted while the model runs, in these dl_lib.analysis conventions
 # ("gmac", "hrnet", "dynamic_routing"); reported as cost/<convention>/{mean,min,max}. [] = off.
 _C.TEST.COST_CONVENTIONS = []

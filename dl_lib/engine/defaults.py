@@ -328,12 +328,20 @@ class DefaultTrainer(SimpleTrainer):
 
     # ---- hooks and writers ---------------------------------------------------------------------
     def build_hooks(self) -> List[hooks.HookBase]:
-        """timer, LR, PreciseBN, checkpointer (main process), eval, writers (main process)."""
+        """timer, LR, training statistics (main process, ``dl_lib.engine.tensorboard``),
+        PreciseBN, checkpointer (main process), eval, writers (main process)."""
         cfg = self.cfg.clone()
         cfg.defrost()
         cfg.DATALOADER.NUM_WORKERS = 0  # the PreciseBN loader is short-lived
 
         ret = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if comm.is_main_process():
+            # stats/ of the step's own forward, before PreciseBN's and evaluation's forwards
+            from .tensorboard import TrainingStatsHook
+
+            stats = TrainingStatsHook.for_model(self.model, cfg.LOG_PERIOD)
+            if stats is not None:  # only for models with statistics to read
+                ret.append(stats)
         if cfg.TEST.PRECISE_BN.ENABLED:
             ret.append(hooks.PreciseBN(cfg.TEST.EVAL_PERIOD, self.model,
                                        self.build_train_loader(cfg), cfg.TEST.PRECISE_BN.NUM_ITER))
@@ -417,11 +425,15 @@ class DefaultTrainer(SimpleTrainer):
         also writes image | ground truth | prediction panels. For a model with exits
         (``sem_seg_exits``) also the per-exit report (``dl_lib.evaluation.exits.report_exits``):
         ``results["exits"]``, ``result.txt`` and ``exits_tradeoff.png``. Always (main process)
-        the per-class IoU bars ``per_class_iou.png`` (``dl_lib.evaluation.plots``).
+        the per-class IoU bars ``per_class_iou.png`` (``dl_lib.evaluation.plots``). During
+        training also the TensorBoard ``eval/`` scalars, figure and ``TEST.VIS_IMAGES`` images
+        (``dl_lib.engine.tensorboard.record_evaluation``).
         """
         from dl_lib.evaluation import inference_on_dataset, write_panels
         from dl_lib.evaluation.exits import report_exits, run_label
         from dl_lib.evaluation.plots import report_class_iou
+
+        from .tensorboard import record_evaluation
 
         names = list(cfg.DATASETS.TEST)
         if evaluators is not None and len(evaluators) != len(names):
@@ -450,6 +462,10 @@ class DefaultTrainer(SimpleTrainer):
                 label = run_label(cfg.OUTPUT_DIR) + (f" {name}" if len(names) > 1 else "")
                 report_exits(results[name], vis_root, model=_unwrap(model), run=label)
                 report_class_iou(results[name], name, vis_root, run=run_label(cfg.OUTPUT_DIR))
+                # during training: eval/ scalars, the exits figure and TEST.VIS_IMAGES images
+                record_evaluation(cfg, model, name, results[name],
+                                  prefix="eval/" if len(names) == 1 else f"eval/{name}/",
+                                  batches=lambda n=name: cls.build_test_loader(_no_workers(cfg), n))
                 if cfg.TEST.VIS_NUM_IMAGES > 0:
                     write_panels(cfg, _unwrap(model), name, vis_root, cfg.TEST.VIS_NUM_IMAGES)
         if not comm.is_main_process():
@@ -462,6 +478,14 @@ class DefaultTrainer(SimpleTrainer):
         if len(results) == 1:
             return list(results.values())[0]
         return results
+
+
+def _no_workers(cfg: CfgNode) -> CfgNode:
+    """``cfg`` with ``DATALOADER.NUM_WORKERS 0``: a loader read for a few images only."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
 
 
 def _format_results(results: dict) -> str:

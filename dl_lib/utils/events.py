@@ -4,6 +4,7 @@ Inside training, any code may record a number with::
 
     from dl_lib.utils.events import get_event_storage
     get_event_storage().put_scalar("real_flops", 12.3)
+    get_event_storage().put_histogram("stats/gates", gate_values)  # TensorBoard only
 
 Writers (``CommonMetricPrinter``, ``JSONWriter``, ``TensorboardXWriter``) read the storage every
 ``LOG_PERIOD`` iterations; ``dl_lib.engine.hooks.PeriodicWriter`` calls them.
@@ -55,6 +56,7 @@ class EventStorage:
         self._start_iter = start_iter
         self._current_prefix = ""
         self._vis_data: List[Tuple[str, torch.Tensor, int]] = []
+        self._histograms: List[dict] = []
 
     # ---- recording -------------------------------------------------------------------------
     def put_scalar(self, name: str, value, smoothing_hint: bool = True,
@@ -83,6 +85,31 @@ class EventStorage:
     def clear_images(self) -> None:
         """Drop queued images (writers call this once they have written them)."""
         self._vis_data = []
+
+    def put_histogram(self, name: str, values, bins: int = 100) -> None:
+        """Queue a histogram of ``values`` (a tensor or array of any shape; non-finite values
+        are left out) for TensorBoard at the current iteration. Only the ``bins`` counts and the
+        summary numbers are kept, not the values; an empty (or all non-finite) input is skipped."""
+        t = torch.as_tensor(values).detach().flatten().to("cpu", torch.float64)
+        t = t[torch.isfinite(t)]
+        if t.numel() == 0:
+            return
+        lo, hi = float(t.min()), float(t.max())
+        top = hi if hi > lo else lo + max(abs(lo) * 1e-6, 1e-12)  # one value: one narrow bucket
+        counts = torch.histc(t, bins=bins, min=lo, max=top)
+        limits = torch.linspace(lo, top, bins + 1)[1:]
+        self._histograms.append(dict(
+            tag=self._current_prefix + name, min=lo, max=hi, num=int(t.numel()),
+            sum=float(t.sum()), sum_squares=float((t * t).sum()), bucket_limits=limits.tolist(),
+            bucket_counts=counts.tolist(), global_step=self._iter))
+
+    @property
+    def histograms(self) -> List[dict]:
+        """Queued histograms: keyword arguments of ``SummaryWriter.add_histogram_raw``."""
+        return self._histograms
+
+    def clear_histograms(self) -> None:
+        self._histograms = []
 
     # ---- reading ---------------------------------------------------------------------------
     def history(self, name: str) -> HistoryBuffer:
@@ -264,7 +291,7 @@ def _line_iteration(line: str) -> float:
 
 
 class TensorboardXWriter(EventWriter):
-    """Writes scalars and queued images to TensorBoard event files in ``log_dir``.
+    """Writes scalars, queued images and histograms to TensorBoard event files in ``log_dir``.
 
     The event file is created on the first write with ``purge_step`` = the storage's
     ``start_iter`` (when > 0): TensorBoard then hides the events of older files at iterations a
@@ -295,6 +322,10 @@ class TensorboardXWriter(EventWriter):
             for name, img, itr in storage.vis_data:
                 self._writer.add_image(name, img, itr)
             storage.clear_images()
+        if storage.histograms:
+            for params in storage.histograms:
+                self._writer.add_histogram_raw(**params)
+            storage.clear_histograms()
         self._writer.flush()
 
     def close(self) -> None:
