@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from dl_lib.config import config_from_delta
 from dl_lib.modeling import build_model
-from dl_lib.modeling.mfaranet import (MFARANet, OffsetGrid, backbone_config, identity_grid,
+from dl_lib.modeling.mfaranet import (MFARANet, OffsetGrid, StemMaxPool, backbone_config,
+                                      identity_grid,
                                       mfaranet_r18_deep_stem, mfaranet_r50_deep_stem,
                                       offset_grid, warp)
 from dl_lib.modeling.mfaranet.convert import scale_choice_to_released, to_released
@@ -205,3 +206,32 @@ def test_training_losses_fused_and_branches():
     assert model.head.align["0"].offset.weight.grad.abs().sum() > 0
     single = build_model(mfaranet_cfg(FUSED_BRANCHES=[2])).train()
     assert "loss_sem_seg" not in single(images)  # the original skips the fused CE then
+
+
+def test_stem_max_pool_equals_max_pool2d_bit_for_bit():
+    """The index-free stem max-pool (inference only) gives nn.MaxPool2d's outputs exactly,
+    NaN and -inf included; with gradients, odd sizes or channels-last it is nn.MaxPool2d."""
+    torch.manual_seed(0)
+    native, ours = torch.nn.MaxPool2d(3, 2, 1), StemMaxPool()
+    for shape in ((2, 5, 16, 24), (1, 3, 2, 2), (1, 2, 7, 10), (1, 2, 9, 9)):
+        x = torch.randn(shape)
+        x.view(-1)[::7] = float("-inf")
+        x.view(-1)[3] = float("nan")
+        with torch.inference_mode():
+            got, expected = ours(x), native(x)
+        assert got.shape == expected.shape
+        assert torch.equal(got.nan_to_num(), expected.nan_to_num()), shape
+        assert torch.equal(got.isnan(), expected.isnan()), shape
+        with torch.no_grad():
+            cl = x.contiguous(memory_format=torch.channels_last)
+            assert torch.equal(ours(cl).nan_to_num(), native(cl).nan_to_num())
+    # Training: the native kernel, so the gradient goes to one argmax per window.
+    x = torch.relu(torch.randn(1, 2, 8, 8)).requires_grad_(True)
+    ours(x).sum().backward()
+    g = x.grad.clone()
+    x.grad = None
+    native(x).sum().backward()
+    assert torch.equal(g, x.grad)
+    model = build_model(mfaranet_cfg())
+    assert type(model.backbone.maxpool) is StemMaxPool
+    assert not any("maxpool" in k for k in model.state_dict())
