@@ -98,9 +98,13 @@ def test_anytime_model_gets_one_row_per_exit(outputs, capsys):
     gmacs = [r["gmacs"] for r in data["rows"]]
     assert all(a < b for a, b in zip(gmacs, gmacs[1:])), gmacs
     assert gmacs[-1] == pytest.approx(data["gmacs"][SIZE], rel=1e-9)  # all exits = as built
-    for k, g in enumerate(gmacs, 1):  # the row of exit k is the model stopped at exit k
-        model.stop_exit = k
-        assert g == pytest.approx(_gmacs(model), rel=1e-9)
+    # The family's own counter (conv MACs / 2^30 up to each exit, at the computed fraction of the
+    # masked convolutions) gives the same MACs: random weights are never confident, so every
+    # pixel is computed, and the upsampling of the logits costs no MACs.
+    with torch.no_grad():
+        _, info = model.forward_exits(example_input(1, 32, 64), report=True)
+    own = [g[0] * 2 ** 30 / 1e9 for g in info["gflops"]]
+    assert gmacs == pytest.approx(own, rel=1e-6)
 
     one = _bench(["--playground", ANYTIME, "--exit", "2", "--sizes", SIZE, "--runs", "1",
                   "--warmup", "0", "--no-memory"], outputs / "exit2.json")
