@@ -436,9 +436,9 @@ def write_histogram(path: str, records: List[dict], title: str) -> Tuple[int, in
         if hi <= lo:  # a static model: one value; give the single bar some width
             lo, hi = lo * (1 - 1e-3) - 1e-12, hi * (1 + 1e-3) + 1e-12
         bins = np.linspace(lo, hi, min(20, max(len(records), 2)) + 1)
-        for s in series:
-            ax.hist(q[s][1], bins=bins, alpha=0.6 if len(series) > 1 else 0.9,
-                    label=s.replace("model: ", ""))
+        for s in series:  # several exits: outlines, so that no exit hides another
+            ax.hist(q[s][1], bins=bins, label=s.replace("model: ", ""),
+                    **(dict(histtype="step", linewidth=2) if len(series) > 1 else dict(alpha=0.9)))
         ax.set_xlabel(q[series[0]][0] if not name.startswith("model") else "GFLOPs (model's own)")
         ax.set_ylabel("images")
         ax.set_title(name if name.startswith("model") else f"executed cost, {name}")
@@ -521,8 +521,9 @@ def run_dataset(args, cfg, model, weights: str, log: Callable[[str], None]) -> i
           f"(input {', '.join(f'{h}x{w}' for h, w in sizes)}; weights: {weights})")
     print(summary_table(summary))
     if static:
-        print("Every image cost the same under every quantity (a static model at this input "
-              "size): the distribution is a single value.")
+        print("Every image cost the same under every quantity: the distribution is a single "
+              "value (a static model at this input size, or an input-dependent one that took "
+              "the same path on each of these images).")
     else:
         varying = [n for n, s in summary.items() if s["max"] != s["min"]]
         print(f"Input-dependent: {', '.join(varying)} vary over the images.")
