@@ -314,7 +314,7 @@ def latency_stats(times_ms: List[float], batch: int) -> dict:
             "fps": batch * 1e3 / med if med > 0 else float("inf")}
 
 
-# ------------------------------------------------------------------------------- inputs, exits, budgets
+# ------------------------------------------------------------------------- inputs, exits, budgets
 def example_input(batch: int, height: int, width: int, device=None, seed: int = 0) -> torch.Tensor:
     """``batch x 3 x height x width`` normal values from a generator seeded with ``seed`` (CPU,
     then moved): the same tensor for timing and counting, and image 0 of batch N is batch 1."""
@@ -627,10 +627,10 @@ def _variants(args, cfg, model, sizes) -> Tuple[Optional[str], List[Variant], Op
     exits = parse_exits(args.exits) if args.exits is not None else []
     budgets = parse_budgets(args.budgets if args.budgets is not None else DEFAULT_BUDGETS)
     if args.exits is not None and not has_exits(cfg):
-        raise BenchError(f"--exits {args.exits}: the config of {playground.find_playground(args.playground)} "
-                         "has no MODEL.EXIT.STOP, so its model has no exits that can stop; drop "
-                         "--exits (or run in a playground of a family with exits, e.g. "
-                         "playground/Anytime/...)")
+        where = playground.find_playground(args.playground)
+        raise BenchError(f"--exits {args.exits}: the config of {where} has no MODEL.EXIT.STOP, "
+                         "so its model has no exits that can stop; drop --exits (or run in a "
+                         "playground of a family with exits, e.g. playground/Anytime/...)")
     if args.budgets is not None and not is_routing(model):
         raise BenchError(f"--budgets {args.budgets}: {type(model).__name__} is not a routing "
                          "model (its backbone has no force_gates); drop --budgets (or run in a "
@@ -700,8 +700,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 try:
                     timed_model, report = fuse_batch_norms(v_model, example_input(1, h, w, device))
                 except FuseError as e:
-                    parser.exit(2, f"dl_bench: error: {variant.label + ': ' if variant.label else ''}"
-                                   f"{e}\n")
+                    which = f"{variant.label}: " if variant.label else ""
+                    parser.exit(2, f"dl_bench: error: {which}{e}\n")
                 v_fuse = {"folded": len(report.folded), "left": report.left,
                           "max_abs_diff": report.max_abs_diff}
                 fuse = fuse or v_fuse

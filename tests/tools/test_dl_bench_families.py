@@ -138,7 +138,8 @@ def test_budgets_are_nested_and_restore_the_learned_gates():
     for f in (1.0, 0.5, 0.25):
         routes, n_open, total = budget_routes(model, f)
         gates = [(c, r) for c, rs in routes.items() for r, g in rs.items()]
-        assert len(gates) == total and sum(g for rs in routes.values() for g in rs.values()) == n_open
+        assert len(gates) == total
+        assert sum(g for rs in routes.values() for g in rs.values()) == n_open
         closed[f] = {(c, r) for c, rs in routes.items() for r, g in rs.items() if g == 0.0}
     assert closed[1.0] == set() and closed[0.5] < closed[0.25]
     variant = budget_variants(model, [0.5])[0]
