@@ -23,8 +23,9 @@ nothing happens outside training, e.g. in ``dl_test``), per test dataset:
 With several test datasets the tags are ``eval/<dataset>/...``.
 
 During training, at the writer period, :class:`TrainingStatsHook` records statistics of the
-training step's forward under ``stats/``: a number becomes a scalar, a tensor a histogram. Where
-they come from (the contract, also in docs/CONTRACTS.md):
+training step's forward under ``stats/``: a number (or one-element tensor) becomes a scalar
+(non-finite ones are dropped), a tensor of several values a histogram. Where they come from (the
+contract, also in docs/CONTRACTS.md):
 
 - a model may define ``training_stats() -> {name: number | tensor}`` about its last training
   forward (it keeps what it computed there); recorded as ``stats/<name>``;
