@@ -553,6 +553,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.dataset is None and (args.num_images is not None or args.out is not None):
         parser.error("--num-images and --out belong to --dataset NAME (the per-image "
                      "distribution); add --dataset or drop them")
+    if args.dataset is not None and (args.size is not None or args.batch != 1):
+        parser.error("--size and --batch shape the random input; with --dataset the images come "
+                     "at the test loader's sizes (INPUT.MIN_SIZE_TEST) in batches of "
+                     "TEST.IMS_PER_BATCH: drop them or set those keys")
     log = lambda msg: print(f"dl_flops: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         if args.dataset is not None:

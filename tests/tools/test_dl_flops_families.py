@@ -254,7 +254,9 @@ def test_unknown_dataset_names_it_and_lists_the_registered_ones(scenes, capsys):
     assert "cityscapes_fine_sem_seg_val" in err and VAL in err  # the registered names
 
 
-def test_dataset_options_without_dataset_are_refused(capsys):
+@pytest.mark.parametrize("argv", [["--num-images", "3"], ["--out", "x"],
+                                  ["--dataset", VAL, "--size", "8", "8"]])
+def test_options_of_the_other_mode_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["--playground", _folder("baseline"), "--num-images", "3"])
+        main(["--playground", _folder("baseline")] + argv)
     assert e.value.code == 2 and "--dataset" in capsys.readouterr().err
