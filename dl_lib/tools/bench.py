@@ -77,6 +77,7 @@ import shutil
 import statistics
 import sys
 import time
+import warnings
 import weakref
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -337,23 +338,89 @@ def has_exits(cfg) -> bool:
     return exit_cfg is not None and "STOP" in exit_cfg
 
 
-def num_exits(model: torch.nn.Module, size: Tuple[int, int]) -> int:
-    """Exits ``predict_logits`` returns (a list for a multi-exit model, else 1), on one call at
-    ``size``."""
+class BatchedInputs(torch.nn.Module):
+    """Calls a model that takes only detectron2's batched inputs (``model(list of dicts)``, no
+    ``predict_logits``) with a tensor: normalised N x 3 x H x W ``x`` -> ``model([{"image":
+    x[i] * 58 + 117 clamped to 0..255 (an RGB image, as the contract's float image), "height":
+    H, "width": W}, ...])``; of its outputs only the float tensors (``sem_seg`` at H x W,
+    ``sem_seg_exits``; not masks, counts or times), so that ``--fuse-bn`` can compare them. The
+    timed call then includes the model's own normalisation and post-processing."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> List[dict]:
+        h, w = x.shape[-2:]
+        images = (x * 58.0 + 117.0).clamp(0, 255)
+        outputs = self.model([{"image": img, "height": h, "width": w} for img in images])
+        return [_float_tensors(o) for o in outputs]
+
+
+def _float_tensors(obj):
+    """``obj`` (dicts and lists) with only its floating-point tensors."""
+    if isinstance(obj, dict):
+        kept = {k: _float_tensors(v) for k, v in obj.items()}
+        return {k: v for k, v in kept.items() if v is not None}
+    if isinstance(obj, (list, tuple)):
+        kept = [_float_tensors(v) for v in obj]
+        kept = [v for v in kept if v is not None]
+        return kept or None
+    return obj if torch.is_tensor(obj) and obj.is_floating_point() else None
+
+
+def _call(model: torch.nn.Module):
+    return model.predict_logits if hasattr(model, "predict_logits") else model
+
+
+def takes_batched_inputs(model: torch.nn.Module, size: Tuple[int, int]) -> bool:
+    """Whether ``model`` needs :class:`BatchedInputs`: no ``predict_logits`` and a tensor call
+    fails where a list of dicts works (one call each at ``size``); :class:`BenchError` when
+    neither works."""
+    if hasattr(model, "predict_logits"):
+        return False
     p = next(iter(model.parameters()), None)
     x = example_input(1, size[0], size[1], p.device if p is not None else None)
-    call = model.predict_logits if hasattr(model, "predict_logits") else model
     model.eval()
     with torch.inference_mode():
-        out = call(x)
+        try:
+            with warnings.catch_warnings():  # a dict model indexing a tensor may warn first
+                warnings.simplefilter("ignore")
+                model(x)
+            return False
+        except Exception as tensor_error:  # noqa: BLE001 (any failure: try the dict contract)
+            try:
+                BatchedInputs(model)(x)
+            except Exception as dict_error:  # noqa: BLE001
+                raise BenchError(
+                    f"{type(model).__name__} has no predict_logits, and neither model(tensor) "
+                    f"({type(tensor_error).__name__}: {tensor_error}) nor model(list of dicts "
+                    f"with 'image', 'height', 'width') ({type(dict_error).__name__}: "
+                    f"{dict_error}) runs; give it predict_logits(x) (docs/CONTRACTS.md, "
+                    "Model)") from None
+            return True
+
+
+def num_exits(model: torch.nn.Module, size: Tuple[int, int]) -> int:
+    """Exits the model returns on one call at ``size``: the length of ``predict_logits``'s list
+    (1 for a tensor), or of ``sem_seg_exits`` in a :class:`BatchedInputs` model's outputs."""
+    p = next(iter(model.parameters()), None)
+    x = example_input(1, size[0], size[1], p.device if p is not None else None)
+    model.eval()
+    with torch.inference_mode():
+        out = _call(model)(x)
+    if isinstance(model, BatchedInputs):
+        return len(out[0].get("sem_seg_exits", [None]))
     return len(out) if isinstance(out, (list, tuple)) else 1
 
 
 def exit_variants(path: Optional[str], cfg, model: torch.nn.Module, exits: Sequence[int]
                   ) -> List[Variant]:
     """Per exit K, the playground's model built with ``MODEL.EXIT.STOP K`` (built when entered,
-    with ``model``'s weights loaded strictly): what ``dl_test --exit K`` runs."""
-    state = model.state_dict()
+    with ``model``'s weights loaded strictly; wrapped in :class:`BatchedInputs` as ``model``
+    is): what ``dl_test --exit K`` runs."""
+    wrap = isinstance(model, BatchedInputs)
+    state = (model.model if wrap else model).state_dict()
 
     def enter(k: int):
         @contextlib.contextmanager
@@ -363,7 +430,7 @@ def exit_variants(path: Optional[str], cfg, model: torch.nn.Module, exits: Seque
             k_cfg.MODEL.EXIT.STOP = int(k)
             k_model = playground.build_model(path, k_cfg)
             k_model.load_state_dict(state, strict=True)
-            yield k_model.eval()
+            yield (BatchedInputs(k_model) if wrap else k_model).eval()
         return stopped
 
     return [Variant({"exit": int(k)}, f"exit {k}", enter(k)) for k in exits]
@@ -678,6 +745,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         amp_dtype = _check_options(args, device)
         source = _load_weights(cfg, model)
         model.eval()
+        if takes_batched_inputs(model, min(sizes, key=lambda s: s[0] * s[1])):
+            log(f"{type(model).__name__} has no predict_logits: timing model(list of dicts), "
+                "its normalisation and post-processing included")
+            model = BatchedInputs(model).eval()
         kind, variants, n_exits = _variants(args, cfg, model, sizes)
     except (BenchError, playground.PlaygroundError, ConfigError, CheckpointReadError) as e:
         parser.exit(2, f"dl_bench: error: {e}\n")
@@ -722,10 +793,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                if amp_dtype else None, "compile": args.compile, "inference_mode": True,
                "exits": args.exits, "budgets": args.budgets}
     threads, interop = torch.get_num_threads(), torch.get_num_interop_threads()
-    header = [f"Model: {type(model).__name__} ({playground.find_playground(args.playground)}), "
+    batched = isinstance(model, BatchedInputs)
+    name = type(model.model if batched else model).__name__
+    timed_call = "model(list of dicts)" if batched else "predict_logits"
+    header = [f"Model: {name} ({playground.find_playground(args.playground)}), "
               f"weights: {source}",
               f"Device: {_describe_device(device)} [{device_name(device)}]; torch "
-              f"{torch.__version__}; timed: predict_logits under torch.inference_mode, "
+              f"{torch.__version__}; timed: {timed_call} under torch.inference_mode, "
               + ("CUDA events" if device.type == "cuda" else "time.perf_counter"),
               f"Threads: {threads} (torch.get_num_threads()), {interop} inter-op",
               "Options: " + ", ".join(f"{k}={v}" for k, v in options.items()),
@@ -748,7 +822,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(format_table(rows, pc.total, gmacs, paper if not kind else None, key_column))
     if args.json:
         out = {"playground": playground.find_playground(args.playground),
-               "model": type(model).__name__, "weights": source,
+               "model": name, "input": "batched_inputs" if batched else "tensor",
+               "weights": source,
                "device": _describe_device(device), "device_name": device_name(device),
                "torch": torch.__version__, "threads": threads, "interop_threads": interop,
                "options": options, "params": pc.total, "params_trainable": pc.trainable,

@@ -170,6 +170,27 @@ def test_compressed_acosp_model_from_its_checkpoint(outputs):
     assert data["rows"][0]["latency_ms"]["median"] > 0 and data["rows"][0]["peak_memory_mb"] > 0
 
 
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+
+
+def test_model_that_takes_only_batched_inputs_gets_rows_per_exit(outputs, monkeypatch, capsys):
+    """Toy/FourExit: no predict_logits, forward(list of dicts) only, MODEL.EXIT.STOP K; the MACs
+    of exit K by hand: a stride-2 stem 3->4 (3x3), then per exit a 4->4 3x3 block and a 4->2 1x1
+    classifier, all at the 16 x 32 positions of a 32 x 64 input."""
+    monkeypatch.syspath_prepend(os.path.join(FIXTURES, "families"))
+    monkeypatch.setenv("FOUR_EXIT_TOY_DATA", str(outputs / "toy"))
+    folder = os.path.join(FIXTURES, "playground", "Toy", "FourExit")
+    data = _bench(["--playground", folder, "--sizes", SIZE, "--runs", "2", "--warmup", "1",
+                   "--fuse-bn"], outputs / "four.json")
+    assert "timed: model(list of dicts)" in capsys.readouterr().out
+    assert data["input"] == "batched_inputs" and data["model"] == "FourExitToy"
+    assert data["num_exits"] == 4 and [r["exit"] for r in data["rows"]] == [1, 2, 3, 4]
+    positions = 16 * 32
+    expected = [(3 * 4 * 9 + k * (4 * 4 * 9 + 4 * 2)) * positions / 1e9 for k in (1, 2, 3, 4)]
+    assert [r["gmacs"] for r in data["rows"]] == pytest.approx(expected, rel=1e-9)
+    assert all(r["latency_ms"]["median"] > 0 and r["peak_memory_mb"] > 0 for r in data["rows"])
+
+
 @pytest.mark.parametrize("where, flags, message", [
     ("toy", ["--exits", "2"], "has no MODEL.EXIT.STOP"),
     ("toy", ["--budgets", "0.5"], "is not a routing model"),
