@@ -13,8 +13,8 @@ What is timed: ``model.predict_logits(x)`` (``model(x)`` for models without it; 
 takes only detectron2's batched inputs, a list of dicts, through ``BatchedInputs``: its own
 normalisation and post-processing included) on a random normalised ``batch x 3 x H x W``
 tensor, the network from its input to the logits at input size (for MFARANet its final x4
-upsampling included, as the authors timed it), in eval mode under ``torch.inference_mode``: no autograd graph (the authors' FPS script built one). ``--warmup`` calls
-are not timed, then ``--runs`` calls each timed alone: on the CPU by ``time.perf_counter``, on
+upsampling included, as the authors timed it), in eval mode under ``torch.inference_mode``: no
+autograd graph (the authors' FPS script built one). ``--warmup`` calls are not timed, then ``--runs`` calls each timed alone: on the CPU by ``time.perf_counter``, on
 CUDA by CUDA events around each call (synchronised after it). Reported: the median, the
 interquartile range and min/max of the per-call latency; FPS = batch / median.
 
