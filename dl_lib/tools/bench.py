@@ -9,14 +9,15 @@
     dl_bench --exit 2                                   # only exit 2 (as dl_test --exit 2)
     dl_bench --budgets learned,1,0.5,0.25               # routing models: one row per budget
 
-What is timed: ``model.predict_logits(x)`` (``model(x)`` for models without it; a model that
-takes only detectron2's batched inputs, a list of dicts, through ``BatchedInputs``: its own
-normalisation and post-processing included) on a random normalised ``batch x 3 x H x W``
-tensor, the network from its input to the logits at input size (for MFARANet its final x4
-upsampling included, as the authors timed it), in eval mode under ``torch.inference_mode``: no
-autograd graph (the authors' FPS script built one). ``--warmup`` calls are not timed, then ``--runs`` calls each timed alone: on the CPU by ``time.perf_counter``, on
-CUDA by CUDA events around each call (synchronised after it). Reported: the median, the
-interquartile range and min/max of the per-call latency; FPS = batch / median.
+What is timed: ``model.predict_logits(x)`` (``model(x)`` for models without it; a model that takes
+only detectron2's batched inputs, a list of dicts, through ``BatchedInputs``: its own normalisation
+and post-processing included) on a random normalised ``batch x 3 x H x W`` tensor, the network from
+its input to the logits at input size (for MFARANet its final x4 upsampling included, as the
+authors timed it), in eval mode under ``torch.inference_mode``: no autograd graph (the authors' FPS
+script built one). ``--warmup`` calls are not timed, then ``--runs`` calls each timed alone: on the
+CPU by ``time.perf_counter``, on CUDA by CUDA events around each call (synchronised after it).
+Reported: the median, the interquartile range and min/max of the per-call latency; FPS = batch /
+median.
 
 Peak memory (one extra untimed call per case): on CUDA ``torch.cuda.max_memory_allocated``
 minus what was allocated before the call (the weights and the input); on the CPU the peak of the
