@@ -11,7 +11,6 @@
 //         FMAs, so it is FMA-bound with the panel in L1/L2.
 //   depthwise: blocks of 16 channels (one 64-byte line: two ymm vectors), two pixels at a time.
 #include <cstdint>
-#include <cstring>
 
 #include "masked_conv/cpu/implicit_gemm.h"
 #include "masked_conv/cpu/implicit_gemm_isa.h"
@@ -41,15 +40,27 @@ DL_LIB_AVX2 inline __m256i prefix_mask(int64_t n) {
 }
 
 // Stores the first n (1..8) lanes of v at p (contiguous). A full vector is one store; a partial
-// one goes through a stack buffer (vmaskmovps stores are microcoded and slow on AMD cores).
+// one at most three (4, 2, 1 lanes): vmaskmovps stores are microcoded and slow on AMD cores, and
+// a memcpy of the lanes was a library call per pixel.
 DL_LIB_AVX2 inline void store_prefix(float* p, __m256 v, int64_t n) {
   if (n == 8) {
     _mm256_storeu_ps(p, v);
     return;
   }
-  alignas(32) float tmp[8];
-  _mm256_store_ps(tmp, v);
-  std::memcpy(p, tmp, sizeof(float) * static_cast<size_t>(n));
+  __m128 q = _mm256_castps256_ps128(v);
+  if (n >= 4) {
+    _mm_storeu_ps(p, q);
+    q = _mm256_extractf128_ps(v, 1);
+    p += 4;
+    n -= 4;
+  }
+  if (n >= 2) {
+    _mm_storel_pi(reinterpret_cast<__m64*>(p), q);
+    q = _mm_movehl_ps(q, q);
+    p += 2;
+    n -= 2;
+  }
+  if (n == 1) _mm_store_ss(p, q);
 }
 
 template <int NV, int R>
