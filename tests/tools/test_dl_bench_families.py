@@ -1,8 +1,8 @@
 """dl_bench on every family's tiny playground (JSON fields, positive values, threads / device /
 torch), rows per exit of the anytime model (STOP K, GMACs rising with K), rows per budget of the
 routing model (nested forced routes, GMACs falling with the budget, budget 1 = every gate forced
-open), a compressed ACoSP model rebuilt from its checkpoint's architecture, and the options
-refused with the fix."""
+open), a compressed ACoSP model rebuilt from its checkpoint's architecture, a model that takes
+only batched inputs (Toy/FourExit, MACs per exit by hand), and the options refused with the fix."""
 import json
 import os
 
@@ -117,10 +117,10 @@ def test_routing_model_gets_one_row_per_budget(outputs, capsys):
     text = capsys.readouterr().out
     table = [l for l in text.splitlines() if l.startswith("|")]
     rows = data["rows"]
-    _check_common(data, text, _build(ROUTING))
+    model = _build(ROUTING)
+    _check_common(data, text, model)
     assert data["variants"] == "budgets" and len(rows) == 4 and len(table) == 6
     assert [r["budget"] for r in rows] == ["learned", 1.0, 0.5, 0.25]
-    model = _build(ROUTING)
     total = sum(cell.gate_num for _, cell in model.backbone.cells())  # 49 routes in Layer6
     assert total == 49 and all(r["routes_total"] == total for r in rows)
     assert [r["routes_open"] for r in rows[1:]] == [49, round(0.5 * 49), round(0.25 * 49)]
