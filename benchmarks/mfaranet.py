@@ -20,13 +20,25 @@ machine disturbs far less, and the ratios from it), ours / original, Branch2's s
 whole network against its conv MAC ratio (``eff`` = speedup / MAC ratio, target >= 0.8).
 
 Training step (``--train-step``, batch 2 x 3 x 256 x 512, 19 classes, random labels of the
-street-scene kind): forward, backward and SGD step (momentum 0.9, wd 5e-4) of
+street-scene kind, boundary-head biases 1 so both boundary-attention terms select pixels):
+forward, backward and SGD step (momentum 0.9, wd 5e-4) of
 
 * ``ours``: ``model(batched_inputs)`` in training mode with every loss of the model (fused CE,
-  OHEM, boundary BCE and attention CE when present) and ``build_optimizer``'s groups;
-* ``ours CE``: ``forward_logits`` + cross-entropy on the fused output and the four branches;
-* ``original CE``: the restated original forward with BN in training mode + the same CEs.
+  OHEM, boundary BCE and attention CE, boundary targets from the labels inside the step) and
+  ``build_optimizer``'s groups;
+* ``original``: the original's training forward restated (BN on batch statistics, attention
+  dropout, boundary heads) with its whole loss restated (argsort OHEM, numpy-weighted BCE,
+  histogram-weighted attention CE) and the argmax it returns; its boundary GT is built by its
+  data loader (per-sample 5x5 box filter), so it is timed apart (``original loader boundary
+  GT``, next to ``ours boundary GT``, which our step already contains);
+* ``ours CE`` / ``original CE``: the same forwards with plain cross-entropy on the fused output
+  and the four branches.
 
+``--conv-peak``: GMAC/s of large dense 3x3 convolutions at the same thread count (CPU time with
+one thread), and each variant's GMAC/s as a fraction of it (training: 3 x the forward's conv MACs).
+
+    .venv/bin/python benchmarks/mfaranet.py --conv-peak --eval --train-step --sizes 512x1024 \
+        --runs 3 --train-runs 3 --threads 1        # CPU-time ratios, usable on a loaded VM
     .venv/bin/python benchmarks/mfaranet.py --eval --train-step --threads 2     # all, idle VM
     .venv/bin/python benchmarks/mfaranet.py --eval --sizes 512x1024 --runs 3 --threads 2
 """
