@@ -91,7 +91,9 @@ setup(
         "matplotlib>=3.5",
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"],
-                    "prepare": ["scipy>=1.7"]},  # tools/prepare_voc.py reads SBD .mat files
+                    "prepare": ["scipy>=1.7"],  # tools/prepare_voc.py reads SBD .mat files
+                    # dl_export --format onnx (onnxscript) and its check (onnxruntime)
+                    "export": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.2"]},
     entry_points={
         "console_scripts": [
             "dl_train=dl_lib.tools.train_net:main_train",
@@ -102,6 +104,7 @@ setup(
             "dl_demo=dl_lib.tools.demo_images:main",
             "dl_summarize=dl_lib.tools.summarize:main",
             "dl_plot=dl_lib.tools.plot_logs:main",
+            "dl_export=dl_lib.tools.export:main",
         ]
     },
     ext_modules=ext_modules,
