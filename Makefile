@@ -49,8 +49,8 @@ test: setup
 demo: $(VENV)/.stamp-deps $(VENV)/.stamp-install
 	$(PY) tools/demo.py
 
-# Every picture README.md shows, into docs/figures/ (short CPU runs of the Tiny playgrounds;
-# ~10-15 min on 2 idle cores). `tools/make_readme_figures.py --list` names each one's command.
+# Every picture README.md shows, into docs/figures/ (short CPU runs of the Tiny playgrounds,
+# sized for ~10 min on 2 idle cores). `tools/make_readme_figures.py --list` names each command.
 figures: $(VENV)/.stamp-deps $(VENV)/.stamp-install
 	$(PY) tools/make_readme_figures.py
 

@@ -1,6 +1,6 @@
 """``make figures``: regenerate every picture README.md shows into ``docs/figures/``.
 
-    .venv/bin/python tools/make_readme_figures.py            # everything (~10-15 min, 2 cores)
+    .venv/bin/python tools/make_readme_figures.py            # everything (make figures)
     .venv/bin/python tools/make_readme_figures.py --list     # each picture and its command
     .venv/bin/python tools/make_readme_figures.py --only routing_demo adpc_exits
 
@@ -11,7 +11,10 @@ script next to this interpreter, else the same entry point through ``python -m``
 models are the CPU ``*.Tiny.Synthetic`` playgrounds with a *short* schedule
 (``SOLVER.LR_SCHEDULER.MAX_ITER`` of each step below, a fraction of the playground's own), on the
 embedded street scenes: the pictures show what each command draws, not the accuracy of a full run
-(the README's numbers come from the full runs).
+(the README's numbers come from the full runs). Sized for about 10 minutes on 2 idle cores
+(estimated from the playgrounds' per-iteration times there: 0.8 s routing, ~1-2 s ADP-C and
+MFARANet); on 2026-12-02 the 2 cores were shared with other jobs (load 6-10) and one thread per
+command took 28 min for the routing run and 19 min for the ADP-C one.
 
 Runs write to ``--work-dir`` (default ``output/readme_figures/``, set as ``DL_OUTPUT_ROOT`` for
 every command; the script empties its own run folders there before training, nothing else). Each
@@ -26,6 +29,7 @@ import argparse
 import glob
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -118,13 +122,15 @@ class Runner:
         return os.path.join(self.work_dir, group, name)
 
     def has_option(self, script: str, option: str) -> bool:
-        """Whether ``script --help`` lists ``option`` (options other helpers are adding)."""
+        """Whether ``script --help`` lists ``option`` (as a whole word: ``--out`` is not
+        ``--output``); options may be newer than this script."""
         if script not in self._help:
             argv = _tool_argv(script)
             r = subprocess.run(argv + ["--help"], cwd=REPO, env=self.env, capture_output=True,
                                text=True)
             self._help[script] = r.stdout + r.stderr
-        return option in self._help[script]
+        word = rf"(?<![\w-]){re.escape(option)}(?![\w-])"
+        return re.search(word, self._help[script]) is not None
 
     def run(self, script: str, args: Sequence[str], cwd: str = REPO) -> str:
         argv = _tool_argv(script) + list(args)
@@ -149,9 +155,12 @@ class Runner:
 
 
 # -------------------------------------------------------------------------------- steps
-def train(r: Runner, key: str) -> None:
+def train(r: Runner, key: str, reuse: bool = False) -> None:
     t = TRAININGS[key]
     out = r.output_dir(t.playground)
+    if reuse and os.path.isfile(os.path.join(out, "model_final.pth")):
+        r.log(f"  reusing the finished run in {out} (--reuse-runs)")
+        return
     if os.path.isdir(out):  # this script's own scratch run of the same playground
         shutil.rmtree(out)
     r.run("dl_train", ["--num-gpus", "1", "SOLVER.LR_SCHEDULER.MAX_ITER", str(t.max_iter),
@@ -195,17 +204,19 @@ def make_per_class(r: Runner) -> str:
     return png
 
 
-def make_gflops_hist(r: Runner) -> str:
+def make_gflops_hist(r: Runner, key: str) -> str:
     if not r.has_option("dl_flops", "--dataset"):
         raise Skip("dl_flops has no --dataset option yet (per-image histogram)")
-    t = TRAININGS["routing"]
+    t = TRAININGS[key]
     out_dir = r.output_dir(t.playground)
     dest = os.path.join(out_dir, "readme_flops")
     shutil.rmtree(dest, ignore_errors=True)
     os.makedirs(dest)
     args = ["--dataset", DATASET_VAL, "--num-images", "20"]
-    if r.has_option("dl_flops", "--output"):
-        args += ["--output", dest]
+    for flag in ("--out", "--output"):
+        if r.has_option("dl_flops", flag):
+            args += [flag, dest]
+            break
     weights = os.path.join(out_dir, "model_final.pth")
     before = time.time()
     r.run("dl_flops", args + ["MODEL.WEIGHTS", weights], cwd=os.path.join(REPO, t.playground))
@@ -246,7 +257,8 @@ FIGURE_LIST: List[Figure] = [
     Figure("routing_gflops_hist", "routing",
            [f"cd playground/Quickstart/Seg.Layer6.Tiny.Synthetic && dl_flops --dataset "
             f"{DATASET_VAL} --num-images 20"],
-           make_gflops_hist, "GFLOPs per image over the val set (dl_flops --dataset)"),
+           lambda r: make_gflops_hist(r, "routing"),
+           "GFLOPs per image over the val set (dl_flops --dataset)"),
     Figure("adpc_exits", "adpc",
            ["cd playground/Anytime/HRNet_W18.ADP_C.Tiny.Synthetic && dl_train --num-gpus 1 "
             "SOLVER.LR_SCHEDULER.MAX_ITER 80 LOG_PERIOD 10",
@@ -255,6 +267,11 @@ FIGURE_LIST: List[Figure] = [
     Figure("adpc_tradeoff", "adpc",
            ["dl_summarize playground/Anytime"],
            make_tradeoff, "mIoU against GFLOPs and latency per exit (dl_summarize)"),
+    Figure("adpc_gflops_hist", "adpc",
+           [f"cd playground/Anytime/HRNet_W18.ADP_C.Tiny.Synthetic && dl_flops --dataset "
+            f"{DATASET_VAL} --num-images 20"],
+           lambda r: make_gflops_hist(r, "adpc"),
+           "GFLOPs per image at each exit over the val set (dl_flops --dataset)"),
     Figure("mfaranet_branches", "mfaranet",
            ["cd playground/MFARANet/R18_DeepStem.Tiny.Synthetic && dl_train --num-gpus 1 "
             "SOLVER.LR_SCHEDULER.MAX_ITER 80 LOG_PERIOD 10",
@@ -308,6 +325,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every command")
     p.add_argument("--max-width", type=int, default=1000)
     p.add_argument("--max-kb", type=int, default=290)
+    p.add_argument("--reuse-runs", action="store_true",
+                   help="keep a finished training run in --work-dir instead of retraining")
     p.add_argument("--verbose", action="store_true", help="show every line the commands print")
     args = p.parse_args(argv)
     if args.list:
@@ -328,7 +347,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         r.log(f"picture {i}/{len(figures)}: {fig.name} ({fig.caption})")
         try:
             if fig.needs and fig.needs not in trained:
-                train(r, fig.needs)
+                train(r, fig.needs, args.reuse_runs)
                 trained.add(fig.needs)
             src = fig.make(r)
         except Skip as e:
