@@ -54,7 +54,8 @@ size and batch, each with its own ``gmacs`` beside its latency):
   (``all``); ``none``: only the model as built (one row, every exit run).
 * ``--budgets learned|none|F[,F...]``: routing models (a backbone with ``force_gates``, the
   dynamic routing family). ``learned`` is the model as built (its trained gates, or what
-  ``MODEL.GATE.FIXED_VALUE`` / ``ROUTES_FILE`` force); a fraction ``F`` in (0, 1] forces the
+  ``MODEL.GATE.FIXED_VALUE`` / ``ROUTES_FILE`` force; ``routes_open``: the routes whose gate
+  exceeds ``MODEL.GATE.SKIP_THRESHOLD`` on the input image at the smallest size); a fraction ``F`` in (0, 1] forces the
   first ``round(F x routes)`` routes of one fixed random order of all routes open (gate 1) and
   the others closed (gate 0): the budgets are nested, so cost falls with ``F``; ``1`` is every
   route open (the same computation as ``MODEL.GATE.FIXED_VALUE 1``: forced gates skip the gate
@@ -461,16 +462,36 @@ def budget_routes(model: torch.nn.Module, fraction: float, seed: int = ROUTE_ORD
     return routes, n_open, len(all_routes)
 
 
-def budget_variants(model: torch.nn.Module, budgets: Sequence) -> List[Variant]:
-    """Per budget, ``model`` itself with its gates as built (``"learned"``) or forced by
-    :func:`budget_routes` while entered (the gates as built are restored after)."""
+def learned_routes_open(model: torch.nn.Module, size: Tuple[int, int]) -> int:
+    """Routes whose gate is above ``skip_threshold`` (they run) for the gates as built, on image
+    0 of :func:`example_input` at ``size`` (one forward, gates recorded)."""
+    net = model.backbone
+    p = next(iter(model.parameters()), None)
+    x = example_input(1, size[0], size[1], p.device if p is not None else None)
+    recording, net.record_gates = net.record_gates, True
+    try:
+        with torch.inference_mode():
+            model.eval().predict_logits(x)
+        gates = model.last_cost.gates
+    finally:
+        net.record_gates = recording
+    return int(sum(int((g[0] > net.skip_threshold).sum()) for g in gates.values()))
+
+
+def budget_variants(model: torch.nn.Module, budgets: Sequence,
+                    size: Optional[Tuple[int, int]] = None) -> List[Variant]:
+    """Per budget, ``model`` itself with its gates as built (``"learned"``; with ``size``, its
+    ``routes_open`` from :func:`learned_routes_open`) or forced by :func:`budget_routes` while
+    entered (the gates as built are restored after)."""
     net = model.backbone
     total = sum(len(cell.route_index) for _, cell in net.cells())
     variants = []
     for b in budgets:
         if b == "learned":
-            variants.append(Variant({"budget": "learned", "routes_open": None,
-                                     "routes_total": total}, "learned",
+            n_open = learned_routes_open(model, size) if size is not None else None
+            label = f"learned ({n_open}/{total} open)" if n_open is not None else "learned"
+            variants.append(Variant({"budget": "learned", "routes_open": n_open,
+                                     "routes_total": total}, label,
                                     lambda: contextlib.nullcontext(model)))
             continue
         routes, n_open, _ = budget_routes(model, float(b))
@@ -712,7 +733,8 @@ def _variants(args, cfg, model, sizes) -> Tuple[Optional[str], List[Variant], Op
                              f"there is no exit {bad[0]}")
         return "exits", exit_variants(args.playground, cfg, model, exits or range(1, n + 1)), n
     if is_routing(model) and budgets is not None:
-        return "budgets", budget_variants(model, budgets), None
+        smallest = min(sizes, key=lambda s: s[0] * s[1])
+        return "budgets", budget_variants(model, budgets, smallest), None
     n = num_exits(model, min(sizes, key=lambda s: s[0] * s[1])) if has_exits(cfg) else None
     return None, [Variant({}, "", lambda: contextlib.nullcontext(model))], n
 

@@ -11,7 +11,8 @@ import torch
 
 from dl_lib import playground
 from dl_lib.analysis import count_parameters, flop_count
-from dl_lib.tools.bench import budget_routes, budget_variants, example_input, main
+from dl_lib.tools.bench import (budget_routes, budget_variants, example_input,
+                                learned_routes_open, main)
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 PG = os.path.join(REPO, "playground")
@@ -124,6 +125,7 @@ def test_routing_model_gets_one_row_per_budget(outputs, capsys):
     total = sum(cell.gate_num for _, cell in model.backbone.cells())  # 49 routes in Layer6
     assert total == 49 and all(r["routes_total"] == total for r in rows)
     assert [r["routes_open"] for r in rows[1:]] == [49, round(0.5 * 49), round(0.25 * 49)]
+    assert 0 <= rows[0]["routes_open"] <= 49 and "open)" in table[2]  # learned, measured
     assert rows[0]["gmacs"] == pytest.approx(data["gmacs"][SIZE], rel=1e-9)  # as built
     forced = [r["gmacs"] for r in rows[1:]]
     assert forced[0] > forced[1] > forced[2] > 0, forced
@@ -146,6 +148,10 @@ def test_budgets_are_nested_and_restore_the_learned_gates():
     with variant.enter() as forced:
         assert forced is model and model.backbone.init_layer.forced_gates is not None
     assert all(cell.forced_gates is None for _, cell in model.backbone.cells())
+    # the routes the gates as built open: all with every gate forced to 1, none with 0
+    for value, expected in (("1.0", 49), ("0.0", 0)):
+        _, forced_model = playground.build(ROUTING, ["MODEL.GATE.FIXED_VALUE", value])
+        assert learned_routes_open(forced_model, (32, 64)) == expected
 
 
 def test_compressed_acosp_model_from_its_checkpoint(outputs):
