@@ -52,14 +52,14 @@ size and batch, each with its own ``gmacs`` beside its latency):
   the time to exit K is the time of a forward that stops there (exits 1..K-1 included, each
   resized to the input as ``predict_logits`` does). Default for such models: every exit
   (``all``); ``none``: only the model as built (one row, every exit run).
-* ``--budgets learned|none|F[,F...]``: routing models (a backbone with ``force_gates``, the
-  dynamic routing family). ``learned`` is the model as built (its trained gates, or what
+* ``--budgets learned|none|F[,F...]``: routing models (a backbone with ``force_gates``, the dynamic
+  routing family). ``learned`` is the model as built (its trained gates, or what
   ``MODEL.GATE.FIXED_VALUE`` / ``ROUTES_FILE`` force; ``routes_open``: the routes whose gate
-  exceeds ``MODEL.GATE.SKIP_THRESHOLD`` on the input image at the smallest size); a fraction ``F`` in (0, 1] forces the
-  first ``round(F x routes)`` routes of one fixed random order of all routes open (gate 1) and
-  the others closed (gate 0): the budgets are nested, so cost falls with ``F``; ``1`` is every
-  route open (the same computation as ``MODEL.GATE.FIXED_VALUE 1``: forced gates skip the gate
-  networks). Default for such models: ``learned,1,0.75,0.5,0.25``.
+  exceeds ``MODEL.GATE.SKIP_THRESHOLD`` on the input image at the smallest size); a fraction ``F``
+  in (0, 1] forces the first ``round(F x routes)`` routes of one fixed random order of all routes
+  open (gate 1) and the others closed (gate 0): the budgets are nested, so cost falls with ``F``;
+  ``1`` is every route open (the same computation as ``MODEL.GATE.FIXED_VALUE 1``: forced gates
+  skip the gate networks). Default for such models: ``learned,1,0.75,0.5,0.25``.
 
 The timed and the counted input is one seeded normal tensor per size (the GMACs of a routing or
 a confidence-masked model depend on it; batch 1 is the first image of batch N). Threads
