@@ -70,12 +70,30 @@ def test_every_listed_figure_is_a_docs_figure_with_a_command():
         assert commands and any(c in " ".join(commands) for c in PROJECT_COMMANDS), png
 
 
-def test_save_small_fits_the_limits(tmp_path):
+def _figures_module():
     sys.path.insert(0, os.path.join(REPO, "tools"))
     try:
-        import make_readme_figures as figures
+        import make_readme_figures
     finally:
         sys.path.pop(0)
+    return make_readme_figures
+
+
+def test_a_command_this_checkout_lacks_is_skipped_not_failed(monkeypatch):
+    figures = _figures_module()
+    monkeypatch.setitem(figures.MODULES, "dl_not_yet", "dl_lib.tools.not_yet_written")
+    with pytest.raises(figures.Skip, match="dl_not_yet does not exist"):
+        figures._tool_argv("dl_not_yet")
+    assert figures._tool_argv("dl_plot")[-1] in (os.path.join(os.path.dirname(sys.executable),
+                                                              "dl_plot"), "dl_lib.tools.plot_logs")
+    runner = figures.Runner(os.path.join(REPO, "output", "unused"), 1, False)
+    runner._help["dl_flops"] = "  --out DIR   folder\n  --dataset NAME\n"
+    assert runner.has_option("dl_flops", "--out") and runner.has_option("dl_flops", "--dataset")
+    assert not runner.has_option("dl_flops", "--output")  # a whole option, not a prefix
+
+
+def test_save_small_fits_the_limits(tmp_path):
+    figures = _figures_module()
     import numpy as np
 
     noise = np.random.default_rng(0).integers(0, 256, (300, 480, 3), dtype=np.uint8)
