@@ -113,8 +113,12 @@ def test_exported_outputs_equal_eager(name, fmt, weights, tmp_path, capsys):
                             "exporter needs it (pip install -c constraints.txt onnxscript)")
     path, opts, num_outputs = FAMILIES[name]
     out = str(tmp_path / f"{name}{SUFFIX[fmt]}")
+    # onnxscript's optimisation (the default) on the baseline and SegNet (max-unpooling) only:
+    # it is 40% of an ONNX export's time and changes no output
+    optimized = fmt != "onnx" or name in ("baseline", "acosp_compressed")
+    fast = [] if optimized else ["--no-optimize"]
     rc = main(["--playground", os.path.join(ROOT, path), "--format", fmt, "--size", *map(str, SIZE),
-               "--out", out] + opts + ["MODEL.WEIGHTS", weights[name]])
+               "--out", out] + fast + opts + ["MODEL.WEIGHTS", weights[name]])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert "check: reloaded" in printed and printed.rstrip().endswith("OK")
