@@ -58,7 +58,8 @@ def weights(tmp_path_factory):
     """Per family: a checkpoint of its playground's model with randomised norms (the ACoSP one
     hard-masked, then compressed by tools/compress.py into MODEL.PRUNING.CHANNELS)."""
     folder = tmp_path_factory.mktemp("weights")
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module scope: set up before the one_thread fixture
     out = {}
     for name, (path, opts, _) in FAMILIES.items():
         if name == "mfaranet_branch2":
@@ -76,6 +77,7 @@ def weights(tmp_path_factory):
     assert diff < 1e-4
     out["acosp_masked"], out["acosp_compressed"] = masked, compressed
     out["mfaranet_branch2"] = out["mfaranet"]
+    torch.set_num_threads(threads)
     return out
 
 
@@ -150,11 +152,11 @@ def test_check_fails_when_the_file_differs_from_the_eager_model(weights, tmp_pat
                                                                 capsys):
     original = export_tool.export_module
 
-    def export_a_changed_model(module, fmt, example, path):
+    def export_a_changed_model(module, fmt, example, path, **kwargs):
         with torch.no_grad():  # the head's classifier bias moves after the reference was taken
             last = [m for m in module.modules() if isinstance(m, nn.Conv2d)][-1]
             last.bias.add_(1.0)
-        return original(module, fmt, example, path)
+        return original(module, fmt, example, path, **kwargs)
 
     monkeypatch.setattr(export_tool, "export_module", export_a_changed_model)
     path = os.path.join(ROOT, FAMILIES["baseline"][0])
