@@ -60,6 +60,11 @@ DEFAULT_BREAK_EVEN = 0.5
 # BEGIN BREAK_EVEN TABLE
 # cpu: python benchmarks/masked_conv.py --device cpu --threads 2 --write-policy (float32, 2
 #   threads, fwd break-even, torch 2.14.1+cu130) on 2026-11-22.
+# cpu_avx2: python benchmarks/masked_conv.py --device cpu --threads 1 --clock thread --memory-
+#   format channels_last --kinds random --mode both --rounds 3 --densities 0.1 0.25 0.5 0.75 1.0
+#   --layers hrnet_w18_b1 hrnet_w48_b1_3x3 hrnet_w48_b2 hrnet_w48_b3 routing_dw3x3 hrnet_w48_dw3x3
+#   routing_1x1 fuse_1x1 --out output/benchmarks/avx2b --write-policy --policy-mode all (float32, 1
+#   threads, fwd break-even, torch 2.14.1+cu130) on 2026-12-02.
 # cpu_portable: python benchmarks/masked_conv.py --device cpu --threads 2 --memory-format both
 #   --kinds random --mode fwd --rounds 3 --densities 0.1 0.25 0.5 0.75 1.0 --layers hrnet_w18_b1
 #   hrnet_w48_b1_3x3 hrnet_w48_b2 hrnet_w48_b3 routing_dw3x3 hrnet_w48_dw3x3 routing_1x1 fuse_1x1
@@ -79,6 +84,14 @@ BREAK_EVEN: Dict[Tuple[str, str, str], float] = {
     ('kxk', 'le128', 'cpu'): 0.999,
     ('kxk', 'le32', 'cpu'): 0.781,
     ('kxk', 'le64', 'cpu'): 0.966,
+    ('1x1', 'gt128', 'cpu_avx2'): 1,
+    ('1x1', 'le128', 'cpu_avx2'): 1,
+    ('depthwise', 'gt128', 'cpu_avx2'): 1,
+    ('depthwise', 'le128', 'cpu_avx2'): 0.222,
+    ('kxk', 'gt128', 'cpu_avx2'): 0.894,
+    ('kxk', 'le128', 'cpu_avx2'): 0.936,
+    ('kxk', 'le32', 'cpu_avx2'): 0.513,
+    ('kxk', 'le64', 'cpu_avx2'): 0.912,
     ('1x1', 'gt128', 'cpu_portable'): 0.528,
     ('1x1', 'le128', 'cpu_portable'): 0.374,
     ('depthwise', 'gt128', 'cpu_portable'): 0.164,
@@ -136,7 +149,9 @@ BREAK_EVEN_NCHW: Dict[Tuple[str, str, str], float] = {
 # END BREAK_EVEN_NCHW TABLE
 
 # NCHW entries SET BY HAND, NOT MEASURED, for AVX-512 CPUs (no such CPU was available when the
-# NCHW table was measured): kxk from the issue-10 figures of a 64-channel 256x512 NCHW input
+# NCHW table was measured) and, the same guesses, for the AVX2 kernels (key cpu_avx2: their NCHW
+# inputs were not measured either; without an entry they would use the channels_last thresholds
+# of up to 1.0, although an NCHW input costs the same transposing copy and strided writes): kxk from the issue-10 figures of a 64-channel 256x512 NCHW input
 # (2.0x at d = 0.1, 0.91x at d = 0.5: crossover ~0.45 in log speedup), depthwise and 1x1 always
 # dense (on the AVX2 CPU measured, their NCHW sparse path never beat dense, even at d = 0.1).
 #   python benchmarks/masked_conv.py --memory-format both --write-policy
@@ -155,6 +170,18 @@ HAND_SET_NCHW: Dict[Tuple[str, str, str], float] = {
     ('kxk', 'le128', 'cpu'): 0.45,
     ('kxk', 'le32', 'cpu'): 0.45,
     ('kxk', 'le64', 'cpu'): 0.45,
+    ('1x1', 'gt128', 'cpu_avx2'): 0,
+    ('1x1', 'le128', 'cpu_avx2'): 0,
+    ('1x1', 'le32', 'cpu_avx2'): 0,
+    ('1x1', 'le64', 'cpu_avx2'): 0,
+    ('depthwise', 'gt128', 'cpu_avx2'): 0,
+    ('depthwise', 'le128', 'cpu_avx2'): 0,
+    ('depthwise', 'le32', 'cpu_avx2'): 0,
+    ('depthwise', 'le64', 'cpu_avx2'): 0,
+    ('kxk', 'gt128', 'cpu_avx2'): 0.45,
+    ('kxk', 'le128', 'cpu_avx2'): 0.45,
+    ('kxk', 'le32', 'cpu_avx2'): 0.45,
+    ('kxk', 'le64', 'cpu_avx2'): 0.45,
 }
 # END HAND_SET_NCHW TABLE
 
@@ -164,6 +191,11 @@ HAND_SET_NCHW: Dict[Tuple[str, str, str], float] = {
 # BEGIN BREAK_EVEN_TRAINING TABLE
 # cpu: python benchmarks/masked_conv.py --device cpu --threads 2 --write-policy (float32, 2
 #   threads, fwdbwd break-even, torch 2.14.1+cu130) on 2026-11-22.
+# cpu_avx2: python benchmarks/masked_conv.py --device cpu --threads 1 --clock thread --memory-
+#   format channels_last --kinds random --mode both --rounds 3 --densities 0.1 0.25 0.5 0.75 1.0
+#   --layers hrnet_w18_b1 hrnet_w48_b1_3x3 hrnet_w48_b2 hrnet_w48_b3 routing_dw3x3 hrnet_w48_dw3x3
+#   routing_1x1 fuse_1x1 --out output/benchmarks/avx2b --write-policy --policy-mode all (float32, 1
+#   threads, fwdbwd break-even, torch 2.14.1+cu130) on 2026-12-02.
 BREAK_EVEN_TRAINING: Dict[Tuple[str, str, str], float] = {
     ('1x1', 'gt128', 'cpu'): 0.268,
     ('1x1', 'le128', 'cpu'): 0.303,
@@ -173,6 +205,14 @@ BREAK_EVEN_TRAINING: Dict[Tuple[str, str, str], float] = {
     ('kxk', 'le128', 'cpu'): 0.749,
     ('kxk', 'le32', 'cpu'): 0.367,
     ('kxk', 'le64', 'cpu'): 0.734,
+    ('1x1', 'gt128', 'cpu_avx2'): 1,
+    ('1x1', 'le128', 'cpu_avx2'): 1,
+    ('depthwise', 'gt128', 'cpu_avx2'): 1,
+    ('depthwise', 'le128', 'cpu_avx2'): 0.382,
+    ('kxk', 'gt128', 'cpu_avx2'): 1,
+    ('kxk', 'le128', 'cpu_avx2'): 1,
+    ('kxk', 'le32', 'cpu_avx2'): 0.86,
+    ('kxk', 'le64', 'cpu_avx2'): 1,
 }
 # END BREAK_EVEN_TRAINING TABLE
 

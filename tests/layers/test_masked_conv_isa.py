@@ -165,3 +165,24 @@ def test_environment_picks_a_lower_kernel_with_the_same_results(tmp_path):
     assert bad.returncode != 0
     assert "DL_LIB_MASKED_CONV_CPU_KERNEL=sse9" in bad.stderr
     assert "portable, avx2 or avx512" in bad.stderr
+
+
+def test_avx2_break_even_tables_are_measured():
+    """The AVX2 kernels have their own measured break-even points (benchmarks/masked_conv.py on
+    an AVX2 CPU, provenance comment in each table), for every kind and the kxk channel buckets."""
+    text = open(policy.__file__).read()
+    for name in ("BREAK_EVEN", "BREAK_EVEN_TRAINING"):
+        block = text[text.index(f"# BEGIN {name} TABLE"):text.index(f"# END {name} TABLE")]
+        assert "# cpu_avx2: python benchmarks/masked_conv.py" in block
+        assert "--clock thread" in block
+        table = getattr(policy, name)
+        keys = {k for k in table if k[2] == "cpu_avx2"}
+        assert {(k, b) for k, b, _ in keys} >= {("kxk", b) for b in ("le32", "le64", "le128",
+                                                                     "gt128")}
+        assert {k for k, _, _ in keys} == {"kxk", "1x1", "depthwise"}
+        for key in keys:
+            assert 0.0 <= table[key] <= 1.0
+            kind, bucket, _ = key
+            channels = {"le32": 18, "le64": 48, "le128": 96, "gt128": 192}[bucket]
+            assert policy.break_even_density(kind, channels, "cpu_avx2",
+                                             training=name == "BREAK_EVEN_TRAINING") == table[key]

@@ -75,7 +75,7 @@ void implicit_gemm_tile(const float* const* a, int64_t taps, int64_t cg, const f
                         const float* const* next, bool stream);
 
 // Depthwise, a chunk of active pixels (same CPU requirement as implicit_gemm_tile):
-// (AVX2: blocks of 8 channels, 4 pixels at a time; see implicit_gemm_avx2.cpp.)
+// (AVX2: blocks of 16 channels, two ymm vectors, two pixels at a time; implicit_gemm_avx2.cpp.)
 //   dst[p][c * dst_cstride] = bias[c] + sum_{t < taps} w[t * C + c] * src[p * taps + t][c]
 // src: count * taps pointers (row-major [p][t]) to the C input channels each tap reads, a row of
 // zeros for taps in the padding (no branches in the tap loop); bias may be nullptr.
