@@ -50,7 +50,7 @@ demo: $(VENV)/.stamp-deps $(VENV)/.stamp-install
 	$(PY) tools/demo.py
 
 # Every picture README.md shows, into docs/figures/ (short CPU runs of the Tiny playgrounds,
-# sized for ~10 min on 2 idle cores). `tools/make_readme_figures.py --list` names each command.
+# 32 min on a fresh clone of 2026-12-02, pip included, with the tests sharing the 2 cores). `tools/make_readme_figures.py --list` names each command.
 figures: $(VENV)/.stamp-deps $(VENV)/.stamp-install
 	$(PY) tools/make_readme_figures.py
 

@@ -13,8 +13,8 @@ models are the CPU ``*.Tiny.Synthetic`` playgrounds with a *short* schedule
 embedded street scenes: the pictures show what each command draws, not the accuracy of a full run
 (the README's numbers come from the full runs). Sized for about 10 minutes on 2 idle cores
 (estimated from the playgrounds' per-iteration times there: 0.8 s routing, ~1-2 s ADP-C and
-MFARANet); on 2026-12-02 the 2 cores were shared with other jobs (load 6-10) and one thread per
-command took 28 min for the routing run and 19 min for the ADP-C one.
+MFARANet); measured on 2026-12-02: 32 min for `make figures` on a fresh clone (pip included)
+while the test suite ran on the same 2 cores (load ~4).
 
 Runs write to ``--work-dir`` (default ``output/readme_figures/``, set as ``DL_OUTPUT_ROOT`` for
 every command; the script empties its own run folders there before training, nothing else). Each
