@@ -6,6 +6,8 @@ a shared machine hits every variant alike:
 
 * ``ours``: ``MFARANet.predict_logits`` (R18, 19 classes, random weights with BN statistics
   far from the identity) under ``torch.inference_mode`` -- what ``dl_bench`` times;
+* ``ours fused only``: ``MODEL.MFARANET.PREDICT fused`` (the fused output alone resized to the
+  input, as the original's forward; the default also resizes the four branches for ``dl_test``);
 * ``ours channels-last`` and ``ours fused BN`` (``dl_lib.analysis.fuse_bn``);
 * ``Branch2``: ``MODEL.MFARANET.BRANCH_ONLY 2`` on the same weights (the real pruned model);
 * ``original``: the original's eval computation restated from the reference
@@ -144,6 +146,9 @@ def bench_eval(args, peak=None) -> List[dict]:
     channels_last = build_model(mfaranet_cfg()).eval()
     channels_last.load_state_dict(full.state_dict())
     channels_last = channels_last.to(memory_format=torch.channels_last)
+    # MODEL.MFARANET.PREDICT fused: only the fused output resized to the input, as the original
+    fused_only = build_model(mfaranet_cfg(PREDICT="fused")).eval()
+    fused_only.load_state_dict(full.state_dict())
     # the original's weights as it held them: parameters require grad, buffers do not
     param_names = {n for n, _ in full.named_parameters()}
     sd = {k: (v.clone().requires_grad_(True) if k in param_names else v.clone())
@@ -164,6 +169,7 @@ def bench_eval(args, peak=None) -> List[dict]:
             return run
 
         fns = {"ours": inf(lambda: full.predict_logits(x)),
+               "ours fused only": inf(lambda: fused_only.predict_logits(x)),
                "ours channels-last": inf(lambda: channels_last.predict_logits(xcl)),
                "ours fused BN": inf(lambda: fused.predict_logits(x)),
                "Branch2": inf(lambda: branch2.predict_logits(x)),

@@ -23,6 +23,11 @@ def add_mfaranet_config(cfg: CfgNode) -> None:
     # 0: the whole network (four branches + ASFM). k in 1..4: build and run only what branch k
     # needs (2 = the "pruned" MFARANet: ~20% fewer MACs); it loads the whole model's weights.
     cfg.MODEL.MFARANET.BRANCH_ONLY = 0
+    # What predict_logits returns at input size: "all" = the four branches and the fused output
+    # (dl_test scores each), "fused" = the fused output alone, as the original's real-time
+    # forward (the branches stay at stride 4 and are not upsampled: four fewer full-size
+    # bilinear resizes; `dl_bench MODEL.MFARANET.PREDICT fused`).
+    cfg.MODEL.MFARANET.PREDICT = "all"
     # --- training losses (reference section 2; dl_lib/modeling/mfaranet/losses.py) ---
     # Branch OHEM: pixels whose label probability is at most this are kept (the original: 0.7).
     cfg.MODEL.MFARANET.OHEM_THRESHOLD = 0.7

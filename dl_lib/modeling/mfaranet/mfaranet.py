@@ -355,9 +355,14 @@ class MFARANet(SemanticSegmentor):
     def __init__(self, *, backbone: nn.Module, head: MFARANetDecoder, pixel_mean: Sequence[float],
                  pixel_std: Sequence[float], ignore_value: int = 255, size_divisibility: int = 0,
                  stage_dropout: Sequence[float] = (0.0,) * 5,
-                 criterion: Optional[MFARANetLoss] = None, head_lr_multiplier: float = 10.0):
+                 criterion: Optional[MFARANetLoss] = None, head_lr_multiplier: float = 10.0,
+                 predict: str = "all"):
+        if predict not in ("all", "fused"):
+            raise ValueError(f"MODEL.MFARANET.PREDICT {predict!r} must be 'all' (every branch and "
+                             "the fused output) or 'fused' (the fused output alone)")
         super().__init__(backbone=backbone, head=head, pixel_mean=pixel_mean, pixel_std=pixel_std,
                          ignore_value=ignore_value, size_divisibility=size_divisibility)
+        self.predict = predict
         _uses_stem_max_pool(self.backbone)
         self.criterion = criterion or MFARANetLoss(ignore_index=ignore_value)
         self.head_lr_multiplier = float(head_lr_multiplier)
@@ -384,7 +389,8 @@ class MFARANet(SemanticSegmentor):
                     ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
                     stage_dropout=cfg.MODEL.MFARANET.STAGE_DROPOUT,
                     criterion=MFARANetLoss(**MFARANetLoss.from_config(cfg)),
-                    head_lr_multiplier=cfg.MODEL.MFARANET.HEAD_LR_MULTIPLIER)
+                    head_lr_multiplier=cfg.MODEL.MFARANET.HEAD_LR_MULTIPLIER,
+                    predict=cfg.MODEL.MFARANET.PREDICT)
 
     def param_lr_multiplier(self, name: str) -> float:
         """The optimizer's factor on parameter ``name``: 1 in the backbone, ``head_lr_multiplier``
@@ -443,6 +449,8 @@ class MFARANet(SemanticSegmentor):
         d = max(self.size_divisibility, 1)
         padded = F.pad(x, (0, -width % d, 0, -height % d))
         logits = self.forward_logits(padded)
+        if self.predict == "fused" and isinstance(logits, list):
+            logits = logits[-1]  # only the fused output is resized to the input
 
         def finish(t):
             return upsample_logits(t, padded.shape[-2:])[..., :height, :width]
