@@ -89,6 +89,7 @@ from tabulate import tabulate
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from dl_lib.tools.common import load_weights, parse_tool_args
 from dl_lib import playground
 from dl_lib.analysis import count_parameters, flop_count
 from dl_lib.analysis.conventions import CONVENTIONS
@@ -702,15 +703,6 @@ def format_table(results: List[dict], params: int, gmacs: Optional[Dict[str, flo
     return tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True)
 
 
-def _load_weights(cfg, model) -> str:
-    weights = str(cfg.MODEL.WEIGHTS).strip()
-    if not weights or weights.lower() == "none":
-        return "random initialisation (no MODEL.WEIGHTS)"
-    from dl_lib.checkpoint import Checkpointer
-
-    Checkpointer(model).load(weights, strict=bool(cfg.MODEL.WEIGHTS_STRICT))
-    return f"MODEL.WEIGHTS {weights}"
-
 
 def _variants(args, cfg, model, sizes) -> Tuple[Optional[str], List[Variant], Optional[int]]:
     """``(kind, variants, number of exits)``: per exit, per budget, or the model as built."""
@@ -747,11 +739,7 @@ def _count_gmacs(model, sizes, device) -> Dict[str, float]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``dl_bench``; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    flags = [o for o in args.opts if o.startswith("--")]
-    if flags:
-        parser.error(f"flag(s) {flags} given after the KEY VALUE overrides would be ignored; put "
-                     "every --flag before the overrides")
+    args = parse_tool_args(parser, argv)
     log = lambda msg: print(f"dl_bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         sizes, batches = parse_sizes(args.sizes), parse_batches(args.batch)
@@ -767,7 +755,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
         amp_dtype = _check_options(args, device)
-        source = _load_weights(cfg, model)
+        source = load_weights(cfg, model)
         model.eval()
         if takes_batched_inputs(model, min(sizes, key=lambda s: s[0] * s[1])):
             log(f"{type(model).__name__} has no predict_logits: timing model(list of dicts), "

@@ -95,6 +95,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from dl_lib.tools.common import load_weights, parse_tool_args
 from dl_lib import playground
 from dl_lib.checkpoint import CheckpointReadError, IncompatibleCheckpointError
 from dl_lib.config import ConfigError
@@ -280,15 +281,6 @@ def check_exported(reference: Sequence[torch.Tensor], got: Sequence[torch.Tensor
     return result
 
 
-def _load_weights(cfg, model) -> str:
-    weights = str(cfg.MODEL.WEIGHTS).strip()
-    if not weights or weights.lower() == "none":
-        return "random initialisation (no MODEL.WEIGHTS)"
-    from dl_lib.checkpoint import Checkpointer
-
-    Checkpointer(model).load(weights, checkpointables=[], strict=bool(cfg.MODEL.WEIGHTS_STRICT))
-    return f"MODEL.WEIGHTS {weights}"
-
 
 def _check_size(size: Sequence[int], batch: int) -> Tuple[int, int]:
     if len(size) != 2 or min(size) < 1:
@@ -318,7 +310,7 @@ def export_playground(path: Optional[str], fmt: str, size: Sequence[int], out: s
                           f"name it e.g. {os.path.splitext(out)[0]}.pt2")
     torch.manual_seed(seed)  # the random initialisation, when there is no MODEL.WEIGHTS
     cfg, model = playground.build(path, list(opts) + ["MODEL.DEVICE", device])
-    weights = _load_weights(cfg, model)
+    weights = load_weights(cfg, model)
     model.eval()
     module = PredictLogits(model).eval()
     dev = torch.device(device)
@@ -387,11 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``dl_export``; returns the exit status (0 ok, 1 check failed, 2 error)."""
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    flags = [o for o in args.opts if o.startswith("--")]
-    if flags:
-        parser.error(f"flag(s) {flags} given after the KEY VALUE overrides would be ignored; put "
-                     "every --flag before the overrides")
+    args = parse_tool_args(parser, argv)
     try:
         result = export_playground(args.playground, args.format, args.size, args.out, args.opts,
                                    batch=args.batch, device=args.device, rtol=args.rtol,

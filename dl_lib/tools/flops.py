@@ -61,6 +61,7 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
+from dl_lib.tools.common import load_weights, parse_tool_args
 from dl_lib import playground
 from dl_lib.analysis import CONVENTIONS, cost_items, count_parameters, flop_count, flop_table
 from dl_lib.analysis.cost_tracker import CostTracker
@@ -532,24 +533,11 @@ def run_dataset(args, cfg, model, weights: str, log: Callable[[str], None]) -> i
 
 
 # ------------------------------------------------------------------------------- entry point
-def _load_weights(cfg, model) -> str:
-    weights = str(cfg.MODEL.WEIGHTS).strip()
-    if not weights or weights.lower() == "none":
-        return "random initialisation (no MODEL.WEIGHTS)"
-    from dl_lib.checkpoint import Checkpointer
-
-    Checkpointer(model).load(weights, strict=bool(cfg.MODEL.WEIGHTS_STRICT))
-    return f"MODEL.WEIGHTS {weights}"
-
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``dl_flops``; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    flags = [o for o in args.opts if o.startswith("--")]
-    if flags:
-        parser.error(f"flag(s) {flags} given after the KEY VALUE overrides would be ignored; put "
-                     "every --flag before the overrides")
+    args = parse_tool_args(parser, argv)
     if args.dataset is None and (args.num_images is not None or args.out is not None):
         parser.error("--num-images and --out belong to --dataset NAME (the per-image "
                      "distribution); add --dataset or drop them")
@@ -562,7 +550,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.dataset is not None:
             _registered_dataset(args.dataset)  # before building: a typo costs nothing
         cfg, model = playground.build(args.playground, args.opts)
-        weights = _load_weights(cfg, model)
+        weights = load_weights(cfg, model)
         if args.dataset is not None:
             return run_dataset(args, cfg, model, weights, log)
         size = list(args.size) if args.size else list(cfg.INPUT.FIX_SIZE_FOR_FLOPS)
