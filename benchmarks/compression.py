@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/compression.py [--models pspnet50 segnet] [--ratios 2 4 8 16]
         [--size H W] [--runs 5] [--warmup 1] [--threads 1] [--streams tied|independent]
-        [--placement after_bn|original] [--clock wall|thread] [--json OUT]
+        [--placement after_bn|original] [--clock wall|thread] [--deploy plain inference]
+        [--json OUT]
 
 For each model (``pspnet50``, ``segnet``: the ``dl_lib.modeling.acosp`` builders, 19 classes, or
 with ``--source playground`` playground/ACoSP/PSPNet50.Cityscapes, SegNet.Cityscapes) and each
@@ -13,6 +14,11 @@ default) or left independent, compressed with ``dl_lib.modeling.pruning.compress
 against the dense network (eval, no_grad, ``predict_logits`` on a random 1x3xHxW input; median of
 ``--runs`` after ``--warmup``). GMACs are the library's counter (``dl_lib.analysis``, on a meta
 copy). Prints a table; ``eff`` = speedup / MAC ratio (target >= 0.8); ``--json`` writes the rows.
+
+``--deploy``: ``plain`` times the networks as built (NCHW, BN separate); ``inference`` times both
+the dense and the compressed network after ``dl_lib.modeling.inference.optimize_for_inference``
+(BN folded, 1x1 convs as a matmul at one thread, channels-last parameters and input): the same
+exact rewrites on both sides, checked against the plain output on the timed input.
 """
 import argparse
 import copy
@@ -49,9 +55,12 @@ CLOCKS = {"wall": time.perf_counter,
 
 
 @torch.no_grad()
-def latency_ms(model, size, runs, warmup, clock="wall"):
+def latency_ms(model, size, runs, warmup, clock="wall", channels_last=False):
     model.eval()
+    torch.manual_seed(1)
     x = torch.randn(1, 3, int(size[0]), int(size[1]))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     call = model.predict_logits if hasattr(model, "predict_logits") else model
     now = CLOCKS[clock]
     times = []
@@ -92,43 +101,77 @@ def trace_input(size):
     return torch.randn(1, 3, 65, 65)
 
 
+@torch.no_grad()
+def deployed(model, size, deploy):
+    """``model`` as timed under ``deploy``: itself (``plain``) or an optimised copy whose output
+    on a small input is checked against the plain one (``inference``)."""
+    if deploy == "plain":
+        return model
+    from dl_lib.modeling.inference import optimize_for_inference
+
+    fast = copy.deepcopy(model).eval()
+    optimize_for_inference(fast)
+    x = torch.randn(1, 3, 65, 65)
+    call = (lambda m, t: m.predict_logits(t)) if hasattr(model, "predict_logits") else \
+        (lambda m, t: m(t))
+    ref = call(model.eval(), x)
+    out = call(fast, x.contiguous(memory_format=torch.channels_last))
+    err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+    if err > 1e-4:
+        raise RuntimeError(f"optimize_for_inference changed the output (relative error {err:.2e})")
+    return fast
+
+
 def run(models, ratios, sizes, runs, warmup, streams, placement, source="library",
-        clock="wall"):
+        clock="wall", deploys=("plain",)):
     rows = []
     for name in models:
-        size = sizes.get(name) or DEFAULT_SIZES[name]
+        for deploy in deploys:
+            rows += _run_one(name, ratios, sizes, runs, warmup, streams, placement, source,
+                             clock, deploy)
+    return rows
+
+
+def _run_one(name, ratios, sizes, runs, warmup, streams, placement, source, clock, deploy):
+    rows = []
+    cl = deploy == "inference"
+    size = sizes.get(name) or DEFAULT_SIZES[name]
+    torch.manual_seed(0)
+    dense = build(name, ["MODEL.PRUNING.ENABLED", "False"], source)
+    dense_gmacs = gmacs(dense, size)
+    dense_params = sum(p.numel() for p in dense.parameters())
+    dense_ms = latency_ms(deployed(dense, size, deploy), size, runs, warmup, clock, cl)
+    del dense
+    for cr in ratios:
+        sparsity = 1.0 - 1.0 / cr
         torch.manual_seed(0)
-        dense = build(name, ["MODEL.PRUNING.ENABLED", "False"], source)
-        dense_gmacs = gmacs(dense, size)
-        dense_ms = latency_ms(dense, size, runs, warmup, clock)
-        for cr in ratios:
-            sparsity = 1.0 - 1.0 / cr
-            torch.manual_seed(0)
-            masked = build(name, ["MODEL.PRUNING.ENABLED", "True", "MODEL.PRUNING.SPARSITY",
-                                  str(sparsity), "MODEL.PRUNING.HARD_MASKS", "True",
-                                  "MODEL.PRUNING.PLACEMENT", placement], source)
-            x = trace_input(size)
-            groups = tie_stream_masks(masked, x) if streams == "tied" else []
-            small = compress(masked, x, inplace=True).eval()
-            small_gmacs = gmacs(small, size)
-            small_ms = latency_ms(small, size, runs, warmup, clock)
-            mac_x, speedup = dense_gmacs / small_gmacs, dense_ms / small_ms
-            rows.append({"model": name, "size": f"{size[0]}x{size[1]}", "cr": cr,
-                         "sparsity": sparsity, "streams": streams, "tied_groups": len(groups),
-                         "placement": placement, "dense_gmacs": dense_gmacs,
-                         "gmacs": small_gmacs, "mac_x": mac_x, "dense_ms": dense_ms,
-                         "ms": small_ms, "speedup": speedup, "eff": speedup / mac_x,
-                         "params": sum(p.numel() for p in small.parameters()),
-                         "dense_params": sum(p.numel() for p in dense.parameters())})
-            del masked, small
+        masked = build(name, ["MODEL.PRUNING.ENABLED", "True", "MODEL.PRUNING.SPARSITY",
+                              str(sparsity), "MODEL.PRUNING.HARD_MASKS", "True",
+                              "MODEL.PRUNING.PLACEMENT", placement], source)
+        x = trace_input(size)
+        groups = tie_stream_masks(masked, x) if streams == "tied" else []
+        small = compress(masked, x, inplace=True).eval()
+        small_gmacs = gmacs(small, size)
+        small_ms = latency_ms(deployed(small, size, deploy), size, runs, warmup, clock, cl)
+        mac_x, speedup = dense_gmacs / small_gmacs, dense_ms / small_ms
+        rows.append({"model": name, "size": f"{size[0]}x{size[1]}", "cr": cr,
+                     "deploy": deploy, "threads": torch.get_num_threads(),
+                     "sparsity": sparsity, "streams": streams, "tied_groups": len(groups),
+                     "placement": placement, "dense_gmacs": dense_gmacs,
+                     "gmacs": small_gmacs, "mac_x": mac_x, "dense_ms": dense_ms,
+                     "ms": small_ms, "speedup": speedup, "eff": speedup / mac_x,
+                     "params": sum(p.numel() for p in small.parameters()),
+                     "dense_params": dense_params})
+        del masked, small
     return rows
 
 
 def table(rows):
-    body = [[r["model"], r["size"], f"ACoSP-{r['cr']}", f"{r['dense_gmacs']:.2f}",
+    body = [[r["model"], r["size"], r.get("deploy", "plain"), f"ACoSP-{r['cr']}",
+             f"{r['dense_gmacs']:.2f}",
              f"{r['gmacs']:.2f}", f"{r['mac_x']:.2f}", f"{r['dense_ms']:.0f}", f"{r['ms']:.0f}",
              f"{r['speedup']:.2f}", f"{r['eff']:.2f}", f"{r['params'] / 1e6:.2f}"] for r in rows]
-    headers = ["model", "size", "CR", "dense GMACs", "GMACs", "MAC x", "dense ms", "ms",
+    headers = ["model", "size", "deploy", "CR", "dense GMACs", "GMACs", "MAC x", "dense ms", "ms",
                "speedup", "eff", "params (M)"]
     return tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True)
 
@@ -148,12 +191,15 @@ def main(argv=None):
                    help="the dl_lib.modeling.acosp builders, or the playgrounds' models")
     p.add_argument("--clock", choices=list(CLOCKS), default="wall",
                    help="wall time, or the calling thread's CPU time (1 thread, shared machine)")
+    p.add_argument("--deploy", nargs="+", choices=["plain", "inference"],
+                   default=["plain", "inference"],
+                   help="time the networks as built and/or after optimize_for_inference")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = {m: tuple(args.size) for m in args.models} if args.size else {}
     rows = run(args.models, args.ratios, sizes, args.runs, args.warmup, args.streams,
-               args.placement, args.source, args.clock)
+               args.placement, args.source, args.clock, args.deploy)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), streams "
           f"{args.streams}, placement {args.placement}, median of {args.runs} "
           f"({args.clock} clock), models from {args.source}")

@@ -6,6 +6,8 @@ from .norm import convert_frozen_batchnorm  # noqa: F401
 from .norm import get_norm  # noqa: F401
 from .norm import revert_sync_batchnorm  # noqa: F401
 from .wrappers import Conv2d  # noqa: F401
+from .pointwise_conv import PointwiseConv2d  # noqa: F401
+from .pointwise_conv import use_pointwise_matmul  # noqa: F401
 from .masked_conv import MaskedConv2d  # noqa: F401
 from .masked_conv import masked_conv2d  # noqa: F401
 from .masked_conv_policy import prefers_channels_last  # noqa: F401
