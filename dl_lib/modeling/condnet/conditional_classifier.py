@@ -119,7 +119,18 @@ class ConditionalClassifier(nn.Module):
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.guidance_project = nn.Conv2d(C, K, 1)
         self.filter_project = nn.Conv2d(K * C, K * self.params_per_class, 1, groups=K)
-        # the original's init_weights is a no-op: both projections keep the conv's default init
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The original's init: its head's ``init_weights`` is a no-op, so both projections keep
+        the init that mmcv's ``ConvModule`` constructor gives its conv, ``kaiming_init``: normal
+        with ``mode="fan_out", nonlinearity="relu"`` (std ``sqrt(2 / out_channels)``, torch's
+        fan-out of a grouped conv counts all its output channels) and a **zero bias**. PyTorch's
+        default (uniform ``±1/sqrt(C)`` weights *and biases*) would start ``filter_project`` with
+        a random static classifier in its bias and its guidance weights 4.5x smaller (K=19, C=64: std 0.072 vs 0.324)."""
+        for conv in (self.guidance_project, self.filter_project):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
 
     def class_centres(self, features: torch.Tensor, guidance_logits: torch.Tensor) -> torch.Tensor:
         """N×C×H×W features, N×K×H×W guidance logits -> N×K×C centres ``softmax(G)·Fᵀ/(H·W)``."""
