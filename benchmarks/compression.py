@@ -17,7 +17,7 @@ copy). Prints a table; ``eff`` = speedup / MAC ratio (target >= 0.8); ``--json``
 
 ``--deploy``: ``plain`` times the networks as built (NCHW, BN separate); ``inference`` times both
 the dense and the compressed network after ``dl_lib.modeling.inference.optimize_for_inference``
-(BN folded, 1x1 convs as a matmul at one thread, channels-last parameters and input): the same
+(BN folded by ``dl_lib.analysis.fuse_bn``, 1x1 convs as a matmul at one thread, channels-last parameters and input): the same
 exact rewrites on both sides, checked against the plain output on the timed input.
 """
 import argparse
@@ -110,8 +110,8 @@ def deployed(model, size, deploy):
     from dl_lib.modeling.inference import optimize_for_inference
 
     fast = copy.deepcopy(model).eval()
-    optimize_for_inference(fast)
     x = torch.randn(1, 3, 65, 65)
+    optimize_for_inference(fast, x)
     call = (lambda m, t: m.predict_logits(t)) if hasattr(model, "predict_logits") else \
         (lambda m, t: m(t))
     ref = call(model.eval(), x)
