@@ -157,3 +157,41 @@ def test_forced_masks_replace_the_logits_masks():
     assert all(torch.equal(a, b) for a, b in zip(info["masks"], forced))
     with pytest.raises(ValueError, match="bool N x 1 x h x w"):
         SegmentMasks.from_uncertain(forced[0].float())
+
+
+def test_tap_floor_drops_only_negligible_taps_and_keeps_the_logits(policy, monkeypatch):
+    """Taps below 2^-70 of the kernel's largest (at Lambda 3: squared distance >= 8) are left
+    out of the ring matrix, the logits stay the original's; the restricted pattern is the full
+    one with those entries removed."""
+    model, x = _mixed_model()
+    policy(True, True)
+    sizes = []
+    original = RingIndex.restricted
+
+    def counted(self, keep):
+        sizes.append((self.col.numel(), int(keep.sum())))
+        return original(self, keep)
+
+    monkeypatch.setattr(RingIndex, "restricted", counted)
+    with torch.no_grad():
+        ours, _ = model.forward_exits(x)
+        monkeypatch.setattr(AnytimeConv2d, "tap_floor", 0.0)
+        full, _ = model.forward_exits(x)
+    # (randomize draws each Lambda: the kept sets differ; the centre, K(0) ~ 0, is never kept)
+    assert sizes and all(k <= 48 for _, k in sizes) and any(k < 44 for _, k in sizes)
+    ref = original_forward(model, x)
+    for k, (o, f, r) in enumerate(zip(ours, full, ref), start=1):
+        assert _rel_err(o, r) < 1e-4, f"exit {k}: {_rel_err(o, r):.2e}"
+        assert _rel_err(o, f) < 1e-6, f"exit {k}: {_rel_err(o, f):.2e}"
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(1, 1, 9, 13, generator=gen) < 0.4
+    masks = SegmentMasks.from_uncertain(mask)
+    keep = torch.zeros(49, dtype=torch.bool)
+    keep[[17, 23, 25, 31]] = True  # the 4 taps at distance 1
+    full_index, part = masks.ring_index((9, 13)), masks.ring_index((9, 13), keep)
+    assert part is masks.ring_index((9, 13), keep)  # cached
+    kernel = torch.rand(7, 7, generator=gen) * keep.view(7, 7)
+    pixels = (torch.randn(1, 3, 9, 13, generator=gen) * mask).permute(0, 2, 3, 1).reshape(-1, 3)
+    torch.testing.assert_close(part.matrix(kernel, 117) @ pixels,
+                               full_index.matrix(kernel, 117) @ pixels)
+    assert bool(keep[part.tap].all()) and part.col.numel() < full_index.col.numel()
