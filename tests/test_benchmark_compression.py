@@ -20,7 +20,10 @@ def test_tiny_run_prints_and_writes_the_table(tmp_path):
                          env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
     assert "| model" in run.stdout and "ACoSP-2" in run.stdout
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["model"], r["cr"]) for r in rows] == [("pspnet50", 2), ("segnet", 2)]
+    # Both deploys (as built, then optimize_for_inference on both sides) per network.
+    assert [(r["model"], r["cr"], r["deploy"]) for r in rows] == [
+        ("pspnet50", 2, "plain"), ("pspnet50", 2, "inference"), ("segnet", 2, "plain"),
+        ("segnet", 2, "inference")]
     for r in rows:
         assert r["sparsity"] == 0.5 and r["size"] == "33x33"
         # Half the filters and half the input channels of their consumers: ~4x, and at least
@@ -30,4 +33,4 @@ def test_tiny_run_prints_and_writes_the_table(tmp_path):
         assert abs(r["speedup"] - r["dense_ms"] / r["ms"]) < 1e-9
         assert abs(r["eff"] - r["speedup"] / r["mac_x"]) < 1e-9
         assert r["params"] < 0.5 * r["dense_params"]
-    assert rows[0]["dense_params"] == 49080038 and rows[1]["dense_params"] == 29454009
+    assert rows[0]["dense_params"] == 49080038 and rows[2]["dense_params"] == 29454009
