@@ -102,7 +102,7 @@ def trace_input(size):
 
 
 @torch.no_grad()
-def deployed(model, size, deploy):
+def deployed(model, deploy):
     """``model`` as timed under ``deploy``: itself (``plain``) or an optimised copy whose output
     on a small input is checked against the plain one (``inference``)."""
     if deploy == "plain":
@@ -140,7 +140,7 @@ def _run_one(name, ratios, sizes, runs, warmup, streams, placement, source, cloc
     dense = build(name, ["MODEL.PRUNING.ENABLED", "False"], source)
     dense_gmacs = gmacs(dense, size)
     dense_params = sum(p.numel() for p in dense.parameters())
-    dense_ms = latency_ms(deployed(dense, size, deploy), size, runs, warmup, clock, cl)
+    dense_ms = latency_ms(deployed(dense, deploy), size, runs, warmup, clock, cl)
     del dense
     for cr in ratios:
         sparsity = 1.0 - 1.0 / cr
@@ -152,7 +152,7 @@ def _run_one(name, ratios, sizes, runs, warmup, streams, placement, source, cloc
         groups = tie_stream_masks(masked, x) if streams == "tied" else []
         small = compress(masked, x, inplace=True).eval()
         small_gmacs = gmacs(small, size)
-        small_ms = latency_ms(deployed(small, size, deploy), size, runs, warmup, clock, cl)
+        small_ms = latency_ms(deployed(small, deploy), size, runs, warmup, clock, cl)
         mac_x, speedup = dense_gmacs / small_gmacs, dense_ms / small_ms
         rows.append({"model": name, "size": f"{size[0]}x{size[1]}", "cr": cr,
                      "deploy": deploy, "threads": torch.get_num_threads(),
